@@ -1,0 +1,259 @@
+"""Hybrid search: dense (FAISS over chunk, question and variation vectors) + BM25, fused by weighted RRF.
+
+An FAQ entry is matched twice by the dense side, as in Sakata et al. (SIGIR 2019): the query against the
+entry's question and variations (query-question similarity) and against its whole text
+(query-answer relevance). BM25 runs over Japanese content words and English words. The three rankings
+are fused by weighted reciprocal-rank fusion.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import bm25s
+import faiss
+import numpy as np
+
+from index.chunk import embed_text
+from index.documents import Chunk, SearchHit, VectorField
+from index.embed import Embedder
+from index.textja import terms
+
+# Above this many vectors an approximate HNSW index replaces the exact one (measured in
+# bench/bench_search.py: exact search stays under the query-embedding time up to ~50k vectors).
+HNSW_MIN_VECTORS = 50_000
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """Weights of the three rankings in reciprocal-rank fusion, and the RRF constant.
+
+    Defaults chosen on LocalgovFAQ dev (``madoguchi eval retrieval``; see README "Quality").
+    """
+
+    text_weight: float = 1.0
+    question_weight: float = 1.0
+    sparse_weight: float = 1.0
+    rrf_k: int = 60
+    candidates: int = 100
+
+    def describe(self) -> dict[str, float | int]:
+        """For the manifest and MLflow parameters."""
+        return {
+            "text_weight": self.text_weight, "question_weight": self.question_weight,
+            "sparse_weight": self.sparse_weight, "rrf_k": self.rrf_k, "candidates": self.candidates,
+        }
+
+
+@dataclass(frozen=True)
+class VectorUnit:
+    """One embedded text: a chunk's whole text, or an FAQ question or variation."""
+
+    chunk_index: int
+    field: VectorField
+    text: str
+
+
+def vector_units(chunks: Sequence[Chunk]) -> list[VectorUnit]:
+    """The texts to embed for a list of chunks."""
+    units: list[VectorUnit] = []
+    for i, c in enumerate(chunks):
+        units.append(VectorUnit(i, "text", embed_text(c)))
+        if c.question:
+            units.append(VectorUnit(i, "question", c.question))
+            units.extend(VectorUnit(i, "variation", v) for v in c.variations)
+    return units
+
+
+def embed_units(embedder: Embedder, units: Sequence[VectorUnit]) -> np.ndarray:
+    """Vectors for units: questions and variations as queries (e5's symmetric mode), texts as passages."""
+    out = np.zeros((len(units), embedder.dim), dtype=np.float32)
+    q_idx = [i for i, u in enumerate(units) if u.field != "text"]
+    d_idx = [i for i, u in enumerate(units) if u.field == "text"]
+    if d_idx:
+        out[d_idx] = embedder.embed_documents([units[i].text for i in d_idx])
+    if q_idx:
+        out[q_idx] = embedder.embed_queries([units[i].text for i in q_idx])
+    return out
+
+
+def chunk_terms(chunk: Chunk) -> list[str]:
+    """BM25 terms of a chunk: heading path, question, variations and text."""
+    parts = [*chunk.heading_path, *chunk.variations, embed_text(chunk)]
+    return terms("\n".join(parts))
+
+
+def build_faiss(vectors: np.ndarray) -> faiss.Index:
+    """Exact inner-product search for small indexes, HNSW when the size calls for it."""
+    dim = vectors.shape[1]
+    if len(vectors) >= HNSW_MIN_VECTORS:
+        index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = 80
+        index.hnsw.efSearch = 128
+    else:
+        index = faiss.IndexFlatIP(dim)
+    if len(vectors):
+        index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    return index
+
+
+def build_bm25(chunk_term_lists: Sequence[list[str]]) -> bm25s.BM25:
+    """A BM25 index over pre-tokenized chunks (bm25s' own tokenizer is useless for Japanese)."""
+    bm25 = bm25s.BM25()
+    # An empty document list breaks bm25s; a placeholder token keeps the vocabulary non-empty.
+    docs = [t if t else ["\x00"] for t in chunk_term_lists] or [["\x00"]]
+    bm25.index(docs, show_progress=False)
+    return bm25
+
+
+@dataclass
+class KnowledgeIndex:
+    """Chunks with their dense vectors (FAISS) and BM25 index, searchable together."""
+
+    chunks: list[Chunk]
+    units: list[VectorUnit]
+    faiss_index: faiss.Index
+    bm25: bm25s.BM25
+    chunk_terms: list[list[str]]
+    embedder: Embedder
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+
+    def __post_init__(self) -> None:
+        self._unit_chunk = np.array([u.chunk_index for u in self.units], dtype=np.int64)
+        self._unit_is_text = np.array([u.field == "text" for u in self.units], dtype=bool)
+        self._by_id = {c.id: i for i, c in enumerate(self.chunks)}
+
+    @classmethod
+    def from_chunks(
+        cls, chunks: Sequence[Chunk], embedder: Embedder, fusion: FusionConfig | None = None
+    ) -> KnowledgeIndex:
+        """Embed and index chunks in memory (evaluation, tests, and the first step of a build)."""
+        units = vector_units(chunks)
+        vectors = embed_units(embedder, units)
+        term_lists = [chunk_terms(c) for c in chunks]
+        return cls(
+            chunks=list(chunks), units=units, faiss_index=build_faiss(vectors), bm25=build_bm25(term_lists),
+            chunk_terms=term_lists, embedder=embedder, fusion=fusion or FusionConfig(),
+        )
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def chunk(self, chunk_id: str) -> Chunk | None:
+        """The chunk with this id, if present."""
+        i = self._by_id.get(chunk_id)
+        return None if i is None else self.chunks[i]
+
+    def search(
+        self, query: str, k: int = 10, *, category: str | None = None, language: str | None = None
+    ) -> list[SearchHit]:
+        """The top ``k`` chunks for a query, optionally restricted to a category and language."""
+        return self.search_many([query], k, category=category, language=language)[0]
+
+    def search_many(
+        self, queries: Sequence[str], k: int = 10, *, category: str | None = None, language: str | None = None
+    ) -> list[list[SearchHit]]:
+        """Search several queries with one batched query embedding."""
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k!r}")
+        if not self.chunks or not queries:
+            return [[] for _ in queries]
+        allowed = self._allowed(category, language)
+        qvecs = self.embedder.embed_queries(list(queries))
+        dense = self._dense(qvecs, allowed)
+        return [
+            self._fuse(dense[i], self._sparse(q, allowed), k) for i, q in enumerate(queries)
+        ]
+
+    def _allowed(self, category: str | None, language: str | None) -> np.ndarray | None:
+        if category is None and language is None:
+            return None
+        return np.array(
+            [
+                (category is None or c.category == category) and (language is None or c.language == language)
+                for c in self.chunks
+            ],
+            dtype=bool,
+        )
+
+    def _dense(self, qvecs: np.ndarray, allowed: np.ndarray | None) -> list[dict[int, tuple[float, float]]]:
+        """Per query: chunk index -> (best question/variation cosine, text cosine), NaN when absent."""
+        n = self.faiss_index.ntotal
+        want = min(n, max(self.fusion.candidates * 4, 200))
+        params = None
+        if allowed is not None:
+            unit_ids = np.flatnonzero(allowed[self._unit_chunk]).astype(np.int64)
+            if len(unit_ids) == 0:
+                return [{} for _ in range(len(qvecs))]
+            want = min(want, len(unit_ids))
+            sel = faiss.IDSelectorBatch(unit_ids)
+            params = (
+                faiss.SearchParametersHNSW(sel=sel, efSearch=max(128, want))
+                if isinstance(self.faiss_index, faiss.IndexHNSWFlat)
+                else faiss.SearchParameters(sel=sel)
+            )
+        scores, ids = self.faiss_index.search(np.ascontiguousarray(qvecs), want, params=params)
+        out: list[dict[int, tuple[float, float]]] = []
+        for row_s, row_i in zip(scores, ids, strict=True):
+            per: dict[int, tuple[float, float]] = {}
+            for s, uid in zip(row_s, row_i, strict=True):
+                if uid < 0:
+                    continue
+                ci = int(self._unit_chunk[uid])
+                q, t = per.get(ci, (np.nan, np.nan))
+                if self._unit_is_text[uid]:
+                    t = float(s) if np.isnan(t) else max(t, float(s))
+                else:
+                    q = float(s) if np.isnan(q) else max(q, float(s))
+                per[ci] = (q, t)
+            out.append(per)
+        return out
+
+    def _sparse(self, query: str, allowed: np.ndarray | None) -> dict[int, float]:
+        qterms = [t for t in terms(query) if t in self.bm25.vocab_dict]
+        if not qterms:
+            return {}
+        scores = self.bm25.get_scores(qterms)[: len(self.chunks)]
+        if allowed is not None:
+            scores = np.where(allowed, scores, 0.0)
+        top = min(self.fusion.candidates, len(scores))
+        idx = np.argpartition(-scores, top - 1)[:top]
+        return {int(i): float(scores[i]) for i in idx if scores[i] > 0}
+
+    def _fuse(self, dense: dict[int, tuple[float, float]], sparse: dict[int, float], k: int) -> list[SearchHit]:
+        f = self.fusion
+        text_rank = _ranks({i: t for i, (_, t) in dense.items() if not np.isnan(t)})
+        q_rank = _ranks({i: q for i, (q, _) in dense.items() if not np.isnan(q)})
+        dense_best = {i: float(np.nanmax([q, t])) for i, (q, t) in dense.items()}
+        dense_rank = _ranks(dense_best)
+        sparse_rank = _ranks(sparse)
+        fused: dict[int, float] = {}
+        for ranks, w in ((text_rank, f.text_weight), (q_rank, f.question_weight), (sparse_rank, f.sparse_weight)):
+            for i, r in ranks.items():
+                if r <= f.candidates:
+                    fused[i] = fused.get(i, 0.0) + w / (f.rrf_k + r)
+        order = sorted(fused, key=lambda i: (-fused[i], dense_rank.get(i, 10**9)))[:k]
+        return [self._hit(i, rank, fused[i], dense.get(i), dense_best, dense_rank, sparse, sparse_rank)
+                for rank, i in enumerate(order, start=1)]
+
+    def _hit(
+        self, i: int, rank: int, score: float, qt: tuple[float, float] | None, dense_best: dict[int, float],
+        dense_rank: dict[int, int], sparse: dict[int, float], sparse_rank: dict[int, int],
+    ) -> SearchHit:
+        q, t = qt if qt else (np.nan, np.nan)
+        matched: VectorField | None = None
+        if qt:
+            matched = "question" if not np.isnan(q) and (np.isnan(t) or q >= t) else "text"
+        return SearchHit(
+            chunk=self.chunks[i], score=score, rank=rank,
+            dense_score=dense_best.get(i), dense_rank=dense_rank.get(i),
+            sparse_score=sparse.get(i), sparse_rank=sparse_rank.get(i),
+            question_score=None if np.isnan(q) else q, text_score=None if np.isnan(t) else t,
+            matched_field=matched,
+        )
+
+
+def _ranks(scores: dict[int, float]) -> dict[int, int]:
+    """1-based ranks by descending score."""
+    return {i: r for r, i in enumerate(sorted(scores, key=lambda i: -scores[i]), start=1)}

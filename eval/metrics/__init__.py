@@ -1,0 +1,1 @@
+"""Pure metric functions: retrieval, escalation, answers."""

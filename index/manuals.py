@@ -162,7 +162,9 @@ def _pdf_sections(path: Path) -> tuple[str, list[Section]]:
         raise IngestError(path, f"cannot read the PDF: {exc}") from exc
     if not lines:
         raise IngestError(path, "the PDF has no extractable text (scanned images need OCR first)")
-    sizes = Counter(round(size) for size, _ in lines for _ in range(1))
+    sizes: Counter[int] = Counter()
+    for size, text in lines:
+        sizes[round(size)] += len(text)  # the body is the size most characters are set in
     body_size = sizes.most_common(1)[0][0]
     heading_sizes = sorted({round(s) for s, _ in lines if round(s) > body_size + 0.5}, reverse=True)
     level_of = {s: i + 1 for i, s in enumerate(heading_sizes)}
@@ -175,15 +177,39 @@ def _pdf_sections(path: Path) -> tuple[str, list[Section]]:
             buf.append(text)
             continue
         if buf:
-            sections.append(Section(tuple(h for _, h in stack), "\n".join(buf)))
+            sections.append(Section(tuple(h for _, h in stack), _join_wrapped(buf)))
             buf = []
         while stack and stack[-1][0] >= level:
             stack.pop()
         stack.append((level, text))
     if buf:
-        sections.append(Section(tuple(h for _, h in stack), "\n".join(buf)))
+        sections.append(Section(tuple(h for _, h in stack), _join_wrapped(buf)))
     title = next((t for s, t in lines if level_of.get(round(s)) == 1), path.stem)
     return title, [_with_title(s, title) for s in sections]
+
+
+def _join_wrapped(lines: list[str]) -> str:
+    """Join PDF lines: a line that does not end a sentence or a list item was wrapped by the layout,
+    so it continues on the next line (with no space in Japanese, one space in English)."""
+    out = ""
+    prev = ""
+    for line in lines:
+        if re.fullmatch(r"\d{1,3}", line):  # a page number
+            continue
+        if not out:
+            out = line
+        elif len(line) < 16 and line.endswith("。") and out[-1] not in "。！？":  # a wrapped sentence end
+            out += line
+        elif len(line) < 16 or len(prev) < 16:  # table cells and short labels: keep them apart
+            out += " " + line
+        elif out[-1] in "。！？!?:：)）" or line[:1] in "・-*•●" or line[:1].isdigit() and "." in line[:4]:
+            out += "\n" + line
+        elif out[-1].isascii() and line[:1].isascii():
+            out += " " + line
+        else:
+            out += line
+        prev = line
+    return out
 
 
 def _pdf_lines(reader: PdfReader) -> list[tuple[float, str]]:
@@ -208,4 +234,17 @@ def _pdf_lines(reader: PdfReader) -> list[tuple[float, str]]:
                     cur += piece
         if cur.strip():
             out.append((cur_size, normalize(cur).strip()))
+    return _attach_bullets(out)
+
+
+def _attach_bullets(lines: list[tuple[float, str]]) -> list[tuple[float, str]]:
+    """A bullet glyph set on a line of its own belongs to the line after it."""
+    out: list[tuple[float, str]] = []
+    pending = ""
+    for size, text in lines:
+        if text in {"•", "●", "・", "-", "*", "◦", "■"}:
+            pending = "・"
+            continue
+        out.append((size, pending + text))
+        pending = ""
     return out

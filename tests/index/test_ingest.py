@@ -131,3 +131,24 @@ def test_manual_without_text(tmp_path: Path) -> None:
     f.write_text("<html><body><nav>menu</nav></body></html>", encoding="utf-8")
     with pytest.raises(IngestError, match="no text"):
         load_sources([f])
+
+
+DEMO = Path(__file__).resolve().parents[2] / "demo" / "kb"
+
+
+def test_pdf_manual_keeps_headings_and_joins_wrapped_lines() -> None:
+    [doc] = load_sources([DEMO / "manuals" / "service-terms-summary.pdf"], root=DEMO)
+    manual = doc.payload
+    assert isinstance(manual, Manual) and manual.title == "ご利用ガイド:料金・解約・補償"
+    by_path = {s.heading_path[-1]: s.text for s in manual.sections}
+    assert "4-1. 解約" in by_path and "解約金は0円です。" in by_path["4-1. 解約"]
+    assert "主な内容をまとめたものです" in manual.sections[0].text  # a line wrapped mid-word is rejoined
+    assert "・データ容量を使い切ると" in by_path["1-1. データ容量について"]  # bullet glyphs stay with their line
+
+
+def test_demo_knowledge_base_loads() -> None:
+    docs = load_sources([DEMO], root=DEMO)
+    faqs = [d for d in docs if d.kind == "faq"]
+    assert len([d for d in faqs if d.payload.language == "ja"]) >= 60  # type: ignore[union-attr]
+    assert len([d for d in faqs if d.payload.language == "en"]) >= 15  # type: ignore[union-attr]
+    assert {d.path.rsplit(".", 1)[-1] for d in docs if d.kind == "manual"} == {"md", "html", "pdf"}

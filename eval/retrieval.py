@@ -40,8 +40,8 @@ class RetrievalData:
 MODES: dict[str, FusionConfig] = {
     "hybrid": FusionConfig(),
     "dense": FusionConfig(sparse_weight=0.0),
-    "dense_text": FusionConfig(sparse_weight=0.0, question_weight=0.0),
-    "bm25": FusionConfig(text_weight=0.0, question_weight=0.0),
+    "dense_text": FusionConfig(sparse_weight=0.0, question_weight=0.0, answer_weight=0.0),
+    "bm25": FusionConfig(text_weight=0.0, question_weight=0.0, answer_weight=0.0),
 }
 
 

@@ -23,7 +23,8 @@ from index.documents import Chunk, SourceDoc, content_hash
 from index.embed import Embedder
 from index.ingest import load_sources
 from index.search import (
-    FusionConfig, KnowledgeIndex, VectorUnit, build_bm25, build_faiss, chunk_terms, vector_units,
+    FusionConfig, KnowledgeIndex, VectorUnit, build_bm25, build_faiss, chunk_terms, is_query_like,
+    vector_units,
 )
 from index.store import (
     IndexNotFoundError, SourceRecord, load_index, read_manifest, read_sources, save_index,
@@ -141,7 +142,7 @@ def _load_previous(
 
 
 def _unit_key(unit: VectorUnit) -> str:
-    return content_hash("text" if unit.field == "text" else "query", unit.text)
+    return content_hash("query" if is_query_like(unit.field) else "passage", unit.text)
 
 
 def _assemble(
@@ -162,8 +163,8 @@ def _assemble(
     bar = tqdm(total=len(todo), desc="embedding", unit="text", disable=not progress)
     for start in range(0, len(todo), _EMBED_BATCH):
         part = todo[start : start + _EMBED_BATCH]
-        docs = [i for i in part if units[i].field == "text"]
-        queries = [i for i in part if units[i].field != "text"]
+        docs = [i for i in part if not is_query_like(units[i].field)]
+        queries = [i for i in part if is_query_like(units[i].field)]
         if docs:
             vectors[docs] = embedder.embed_documents([units[i].text for i in docs])
         if queries:

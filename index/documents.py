@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 DocKind = Literal["faq", "manual"]
-# Which text of a chunk a vector was computed from: the whole chunk, the FAQ question, or one of the
-# FAQ entry's extra question variations.
-VectorField = Literal["text", "question", "variation"]
+# Which text of a chunk a vector was computed from: the whole chunk; the FAQ question (for a manual
+# piece, its heading path) or one of the FAQ entry's question variations; the answer (the body alone).
+VectorField = Literal["text", "question", "variation", "answer"]
 
 
 def content_hash(*parts: str) -> str:
@@ -108,5 +108,5 @@ class SearchHit:
     # Best dense match per field: cosine to the question, to a variation, to the whole text.
     question_score: float | None = None
     text_score: float | None = None
+    answer_score: float | None = None
     matched_field: VectorField | None = None
-    matched_text: str | None = None

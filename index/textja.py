@@ -1,6 +1,7 @@
 """Language detection, sentence splitting and BM25 terms for Japanese and English text.
 
-Japanese runs go through Sudachi (content words in their normalized form); ASCII runs are English words,
+Japanese runs go through Sudachi in split mode B (middle units: measured on LocalgovFAQ dev, BM25
+Recall@10 0.624 against 0.555 for the long C units) keeping content words in their normalized form; ASCII runs are English words,
 lowercased, stop words removed, with a light plural/verb-suffix stemmer. Sudachi's own handling of
 English is poor (it turns "How" into ハウ), hence the split by script before analysis.
 """
@@ -40,7 +41,7 @@ def _tokenizer() -> object:
     """One Sudachi tokenizer per thread: the tokenizer object is not thread-safe."""
     tok = getattr(_local, "tokenizer", None)
     if tok is None:
-        tok = Dictionary(dict="core").tokenizer(mode=SplitMode.C)  # type: ignore[call-arg]
+        tok = Dictionary(dict="core").tokenizer(mode=SplitMode.B)  # type: ignore[call-arg]
         _local.tokenizer = tok
     return tok
 

@@ -32,7 +32,11 @@ def bench_build(embedder, entries: int, work: Path) -> None:  # type: ignore[no-
     faq.parent.mkdir(parents=True)
     with faq.open("w", encoding="utf-8") as fh:
         for c in chunks:
-            fh.write(json.dumps({"id": c.source_id, "question": c.question, "answer": c.answer}, ensure_ascii=False))
+            fh.write(
+                json.dumps(
+                    {"id": c.source_id, "question": c.question, "answer": c.answer}, ensure_ascii=False
+                )
+            )
             fh.write("\n")
     units = vector_units(chunks)
     embed_units(embedder, units[:64])  # warm-up
@@ -43,8 +47,11 @@ def bench_build(embedder, entries: int, work: Path) -> None:  # type: ignore[no-
     report = build_index(work / "idx", [faq.parent], embedder)
     built = time.perf_counter() - t
     print(f"build: {report.chunks} chunks, {report.vectors} vectors")
-    print(f"  bare embedder {bare:.1f} s ({len(chunks) / bare:.1f} chunks/s); "
-          f"index build {built:.1f} s ({report.chunks / built:.1f} chunks/s); ratio {bare / built:.3f} (target >= 0.85)")
+    print(
+        f"  bare embedder {bare:.1f} s ({len(chunks) / bare:.1f} chunks/s); "
+        f"index build {built:.1f} s ({report.chunks / built:.1f} chunks/s); "
+        f"ratio {bare / built:.3f} (target >= 0.85)"
+    )
 
 
 def bench_update(embedder, target_chunks: int, work: Path) -> None:  # type: ignore[no-untyped-def]
@@ -71,9 +78,11 @@ def bench_update(embedder, target_chunks: int, work: Path) -> None:  # type: ign
     added = build_index(work / "idx10k", [kb], embedder, chunking=chunking, root=kb)
     add_s = time.perf_counter() - t
     print(f"update: index of {full.chunks} chunks from {len(full.added)} documents")
-    print(f"  full build {full_s:.1f} s; change one document {change_s:.2f} s (embedded {changed.embedded}, "
-          f"{full_s / change_s:.0f}x faster); add one document {add_s:.2f} s (embedded {added.embedded}, "
-          f"{full_s / add_s:.0f}x faster)")
+    print(
+        f"  full build {full_s:.1f} s; change one document {change_s:.2f} s (embedded {changed.embedded}, "
+        f"{full_s / change_s:.0f}x faster); add one document {add_s:.2f} s (embedded {added.embedded}, "
+        f"{full_s / add_s:.0f}x faster)"
+    )
 
 
 def main() -> None:

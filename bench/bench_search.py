@@ -33,7 +33,9 @@ def rss_mb() -> float:
     return float("nan")
 
 
-def replicated_index(base: KnowledgeIndex, vectors: np.ndarray, size: int, rng: np.random.Generator) -> KnowledgeIndex:
+def replicated_index(
+    base: KnowledgeIndex, vectors: np.ndarray, size: int, rng: np.random.Generator
+) -> KnowledgeIndex:
     """An index of ``size`` chunks made of perturbed copies of ``base``'s chunks and vectors."""
     reps = -(-size // len(base.chunks))
     chunks, units, vecs, terms = [], [], [], []
@@ -49,8 +51,14 @@ def replicated_index(base: KnowledgeIndex, vectors: np.ndarray, size: int, rng: 
                 v = vectors[j] + (rng.normal(0, 0.02, vectors.shape[1]) if r else 0)
                 vecs.append(v / np.linalg.norm(v))
     mat = np.asarray(vecs, dtype=np.float32)
-    return KnowledgeIndex(chunks=chunks, units=units, faiss_index=build_faiss(mat), bm25=build_bm25(terms),
-                          chunk_terms=terms, embedder=base.embedder)
+    return KnowledgeIndex(
+        chunks=chunks,
+        units=units,
+        faiss_index=build_faiss(mat),
+        bm25=build_bm25(terms),
+        chunk_terms=terms,
+        embedder=base.embedder,
+    )
 
 
 def time_calls(fn, items: list[str]) -> list[float]:  # type: ignore[no-untyped-def]
@@ -77,24 +85,33 @@ def main() -> None:
     chunks = corpus_chunks(corpus())
     units = vector_units(chunks)
     vectors = embed_units(cached, units)
-    base = KnowledgeIndex(chunks=chunks, units=units, faiss_index=build_faiss(vectors),
-                          bm25=build_bm25([chunk_terms(c) for c in chunks]),
-                          chunk_terms=[chunk_terms(c) for c in chunks], embedder=bare)
+    base = KnowledgeIndex(
+        chunks=chunks,
+        units=units,
+        faiss_index=build_faiss(vectors),
+        bm25=build_bm25([chunk_terms(c) for c in chunks]),
+        chunk_terms=[chunk_terms(c) for c in chunks],
+        embedder=bare,
+    )
     qs = queries()[: args.queries]
     bare.embed_queries(qs[:8])  # warm-up
     base_ms = time_calls(lambda q: bare.embed_queries([q]), qs)
     b50, b95 = percentile(base_ms, 50), percentile(base_ms, 95)
     print(f"baseline: bare query embedding p50 {b50:.2f} ms, p95 {b95:.2f} ms ({bare.name})")
-    print(f"{'chunks':>8} {'vectors':>8} {'faiss':>14} {'p50 ms':>8} {'p95 ms':>8} {'p50/base':>9} "
-          f"{'p95/base':>9} {'RSS MiB':>8}")
+    print(
+        f"{'chunks':>8} {'vectors':>8} {'faiss':>14} {'p50 ms':>8} {'p95 ms':>8} {'p50/base':>9} "
+        f"{'p95/base':>9} {'RSS MiB':>8}"
+    )
     rng = np.random.default_rng(0)
     for size in [int(s) for s in args.sizes.split(",")]:
         index = replicated_index(base, vectors, size, rng)
         index.search(qs[0], 10)
         lat = time_calls(lambda q, ix=index: ix.search(q, 10), qs)
         p50, p95 = percentile(lat, 50), percentile(lat, 95)
-        print(f"{size:>8} {len(index.units):>8} {type(index.faiss_index).__name__:>14} {p50:>8.2f} {p95:>8.2f} "
-              f"{p50 / b50:>9.2f} {p95 / b95:>9.2f} {rss_mb():>8.0f}")
+        print(
+            f"{size:>8} {len(index.units):>8} {type(index.faiss_index).__name__:>14} {p50:>8.2f} {p95:>8.2f} "
+            f"{p50 / b50:>9.2f} {p95 / b95:>9.2f} {rss_mb():>8.0f}"
+        )
         del index
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 

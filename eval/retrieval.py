@@ -99,8 +99,13 @@ def _split_qa(text: str) -> tuple[str, str]:
 
 
 def run_retrieval(
-    data: RetrievalData, embedder: Embedder, *, k: int = 10, modes: Sequence[str] = ("hybrid",),
-    batch_size: int = 64, progress: bool = True,
+    data: RetrievalData,
+    embedder: Embedder,
+    *,
+    k: int = 10,
+    modes: Sequence[str] = ("hybrid",),
+    batch_size: int = 64,
+    progress: bool = True,
 ) -> dict[str, dict[str, float]]:
     """Index the corpus once, run every query in each mode, and report the metrics per mode."""
     unknown = [m for m in modes if m not in MODES]

@@ -23,11 +23,22 @@ from index.documents import Chunk, SourceDoc, content_hash
 from index.embed import Embedder
 from index.ingest import load_sources
 from index.search import (
-    FusionConfig, KnowledgeIndex, VectorUnit, build_bm25, build_faiss, chunk_terms, is_query_like,
+    FusionConfig,
+    KnowledgeIndex,
+    VectorUnit,
+    build_bm25,
+    build_faiss,
+    chunk_terms,
+    is_query_like,
     vector_units,
 )
 from index.store import (
-    IndexNotFoundError, SourceRecord, load_index, read_manifest, read_sources, save_index,
+    IndexNotFoundError,
+    SourceRecord,
+    load_index,
+    read_manifest,
+    read_sources,
+    save_index,
 )
 
 log = logging.getLogger(__name__)
@@ -60,23 +71,42 @@ def _writer_lock(directory: Path) -> Iterator[None]:
 
 
 def build_index(
-    directory: Path, paths: Sequence[Path], embedder: Embedder, *, chunking: ChunkingConfig | None = None,
-    fusion: FusionConfig | None = None, root: Path | None = None, progress: bool = False,
+    directory: Path,
+    paths: Sequence[Path],
+    embedder: Embedder,
+    *,
+    chunking: ChunkingConfig | None = None,
+    fusion: FusionConfig | None = None,
+    root: Path | None = None,
+    progress: bool = False,
 ) -> UpdateReport:
     """Make the index at ``directory`` hold exactly the documents under ``paths`` (incrementally)."""
     docs = load_sources(paths, root)  # raises before anything is written
-    return _apply(directory, embedder, docs, replace_all=True, remove=(), chunking=chunking,
-                  fusion=fusion, progress=progress)
+    return _apply(
+        directory,
+        embedder,
+        docs,
+        replace_all=True,
+        remove=(),
+        chunking=chunking,
+        fusion=fusion,
+        progress=progress,
+    )
 
 
 def add_documents(
-    directory: Path, paths: Sequence[Path], embedder: Embedder, *, root: Path | None = None,
+    directory: Path,
+    paths: Sequence[Path],
+    embedder: Embedder,
+    *,
+    root: Path | None = None,
     progress: bool = False,
 ) -> UpdateReport:
     """Add or replace the documents under ``paths``, keeping every other document."""
     docs = load_sources(paths, root)
-    return _apply(directory, embedder, docs, replace_all=False, remove=(), chunking=None, fusion=None,
-                  progress=progress)
+    return _apply(
+        directory, embedder, docs, replace_all=False, remove=(), chunking=None, fusion=None, progress=progress
+    )
 
 
 def remove_documents(directory: Path, ids: Iterable[str], embedder: Embedder) -> UpdateReport:
@@ -87,13 +117,28 @@ def remove_documents(directory: Path, ids: Iterable[str], embedder: Embedder) ->
     unknown = wanted - matched - {s.path for s in known.values() if s.id in matched}
     if unknown:
         raise KeyError(f"no such document(s) in the index: {sorted(unknown)}")
-    return _apply(directory, embedder, [], replace_all=False, remove=tuple(sorted(matched)), chunking=None,
-                  fusion=None, progress=False)
+    return _apply(
+        directory,
+        embedder,
+        [],
+        replace_all=False,
+        remove=tuple(sorted(matched)),
+        chunking=None,
+        fusion=None,
+        progress=False,
+    )
 
 
 def _apply(
-    directory: Path, embedder: Embedder, docs: Sequence[SourceDoc], *, replace_all: bool,
-    remove: tuple[str, ...], chunking: ChunkingConfig | None, fusion: FusionConfig | None, progress: bool,
+    directory: Path,
+    embedder: Embedder,
+    docs: Sequence[SourceDoc],
+    *,
+    replace_all: bool,
+    remove: tuple[str, ...],
+    chunking: ChunkingConfig | None,
+    fusion: FusionConfig | None,
+    progress: bool,
 ) -> UpdateReport:
     with _writer_lock(directory):
         old, old_sources, old_chunking = _load_previous(directory, embedder)
@@ -101,7 +146,9 @@ def _apply(
         rechunk_all = old_chunking is not None and old_chunking != chunking
         fusion = fusion or (old.fusion if old else FusionConfig())
         new_ids = {d.id for d in docs}
-        keep = [s for s in old_sources.values() if s.id not in new_ids and s.id not in remove and not replace_all]
+        keep = [
+            s for s in old_sources.values() if s.id not in new_ids and s.id not in remove and not replace_all
+        ]
         old_chunks = {c.id: c for c in old.chunks} if old else {}
         chunks: list[Chunk] = [old_chunks[cid] for s in keep for cid in s.chunk_ids]
         records = {s.id: s for s in keep}
@@ -114,13 +161,22 @@ def _apply(
                 doc_chunks = chunk_document(doc, chunking)
                 (changed if prev else added).append(doc.id)
             chunks.extend(doc_chunks)
-            records[doc.id] = SourceRecord(doc.id, doc.path, doc.kind, doc.content_hash,
-                                           tuple(c.id for c in doc_chunks))
+            records[doc.id] = SourceRecord(
+                doc.id, doc.path, doc.kind, doc.content_hash, tuple(c.id for c in doc_chunks)
+            )
         removed = tuple(sorted(set(old_sources) - set(records)))
         index, embedded = _assemble(chunks, embedder, old, fusion, progress)
         gen = save_index(index, directory, records, chunking)
-        report = UpdateReport(tuple(added), tuple(changed), removed,
-                              len(records) - len(added) - len(changed), embedded, len(chunks), len(index.units), gen)
+        report = UpdateReport(
+            tuple(added),
+            tuple(changed),
+            removed,
+            len(records) - len(added) - len(changed),
+            embedded,
+            len(chunks),
+            len(index.units),
+            gen,
+        )
         log.info("index %s: %s", directory, report)
         return report
 
@@ -135,8 +191,12 @@ def _load_previous(
     c = manifest["chunking"]
     chunking = ChunkingConfig(max_tokens=c["max_tokens"], overlap_tokens=c["overlap_tokens"])
     if manifest["embedder"] != embedder.name:
-        log.warning("index %s was built with %s; re-embedding everything with %s",
-                    directory, manifest["embedder"], embedder.name)
+        log.warning(
+            "index %s was built with %s; re-embedding everything with %s",
+            directory,
+            manifest["embedder"],
+            embedder.name,
+        )
         return None, read_sources(directory), chunking
     return load_index(directory, embedder), read_sources(directory), chunking
 
@@ -173,6 +233,13 @@ def _assemble(
     bar.close()
     old_terms = {c: t for c, t in zip(old.chunks, old.chunk_terms, strict=True)} if old else {}
     term_lists = [old_terms[c] if c in old_terms else chunk_terms(c) for c in chunks]
-    index = KnowledgeIndex(chunks=chunks, units=units, faiss_index=build_faiss(vectors),
-                           bm25=build_bm25(term_lists), chunk_terms=term_lists, embedder=embedder, fusion=fusion)
+    index = KnowledgeIndex(
+        chunks=chunks,
+        units=units,
+        faiss_index=build_faiss(vectors),
+        bm25=build_bm25(term_lists),
+        chunk_terms=term_lists,
+        embedder=embedder,
+        fusion=fusion,
+    )
     return index, len(todo)

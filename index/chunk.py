@@ -26,7 +26,11 @@ class ChunkingConfig:
 
     def describe(self) -> dict[str, object]:
         """The settings that define the chunks, for the index manifest."""
-        return {"version": CHUNKER_VERSION, "max_tokens": self.max_tokens, "overlap_tokens": self.overlap_tokens}
+        return {
+            "version": CHUNKER_VERSION,
+            "max_tokens": self.max_tokens,
+            "overlap_tokens": self.overlap_tokens,
+        }
 
 
 def chunk_documents(docs: Iterable[SourceDoc], config: ChunkingConfig | None = None) -> list[Chunk]:

@@ -63,8 +63,9 @@ def discover(paths: Iterable[Path]) -> list[Path]:
         elif p.is_file():
             if p.suffix.lower() not in FAQ_SUFFIXES | MANUAL_SUFFIXES:
                 raise IngestError(
-                    p, f"unknown file type {p.suffix!r}; expected one of "
-                    f"{sorted(FAQ_SUFFIXES | MANUAL_SUFFIXES)}"
+                    p,
+                    f"unknown file type {p.suffix!r}; expected one of "
+                    f"{sorted(FAQ_SUFFIXES | MANUAL_SUFFIXES)}",
                 )
             out.append(p)
         else:
@@ -112,8 +113,14 @@ def _load_file(path: Path, root: Path | None) -> list[SourceDoc]:
 def faq_source(entry: FaqEntry, path: str) -> SourceDoc:
     """Wrap an FAQ entry as a source document with its change-detecting hash."""
     h = content_hash(
-        entry.id, entry.question, entry.answer, *entry.variations, entry.category or "", entry.url or "",
-        entry.updated_at or "", entry.language or "",
+        entry.id,
+        entry.question,
+        entry.answer,
+        *entry.variations,
+        entry.category or "",
+        entry.url or "",
+        entry.updated_at or "",
+        entry.language or "",
     )
     return SourceDoc(id=entry.id, kind="faq", path=path, content_hash=h, payload=entry)
 
@@ -123,7 +130,9 @@ def manual_source(manual: Manual, path: str) -> SourceDoc:
     parts = [manual.id, manual.title, manual.url or "", manual.updated_at or "", manual.category or ""]
     for s in manual.sections:
         parts.extend([" > ".join(s.heading_path), s.text])
-    return SourceDoc(id=manual.id, kind="manual", path=path, content_hash=content_hash(*parts), payload=manual)
+    return SourceDoc(
+        id=manual.id, kind="manual", path=path, content_hash=content_hash(*parts), payload=manual
+    )
 
 
 # ------------------------------------------------------------------------------------------------ FAQ
@@ -156,7 +165,7 @@ def _faq_records(path: Path, data: Any, lines: list[int] | None) -> Iterator[_Lo
     if isinstance(data, dict) and isinstance(data.get("entries"), list):
         data = data["entries"]
     if not isinstance(data, list):
-        raise IngestError(path, "expected a list of FAQ entries (or {\"entries\": [...]})")
+        raise IngestError(path, 'expected a list of FAQ entries (or {"entries": [...]})')
     for i, row in enumerate(data):
         line = lines[i] if lines else None
         yield _Located(faq_entry_from_mapping(path, row, line, index=i), line)
@@ -200,7 +209,9 @@ def _faq_csv(path: Path, text: str) -> Iterator[_Located]:
     for row in reader:
         lineno = reader.line_num
         if None in row:
-            raise IngestError(path, f"row has {len(header) + len(row[None])} fields, header has {len(header)}", lineno)
+            raise IngestError(
+                path, f"row has {len(header) + len(row[None])} fields, header has {len(header)}", lineno
+            )
         if all(not (v or "").strip() for v in row.values()):
             continue
         mapping: dict[str, Any] = dict(row)

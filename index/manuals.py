@@ -218,7 +218,10 @@ def _pdf_lines(reader: PdfReader) -> list[tuple[float, str]]:
     for page in reader.pages:
         frags: list[tuple[float, str]] = []
 
-        def visit(text: str, cm: list[float], tm: list[float], font: object, size: float) -> None:
+        def visit(
+            text: str, cm: list[float], tm: list[float], font: object, size: float,
+            frags: list[tuple[float, str]] = frags,
+        ) -> None:
             scale = abs(tm[3] * cm[3]) or 1.0
             frags.append((size * scale, text))
 

@@ -36,5 +36,3 @@ def read_text(path: Path) -> str:
         ) from utf8_error
     log.warning("%s: not UTF-8; decoded as Shift_JIS (CP932)", path)
     return text
-
-

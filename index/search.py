@@ -45,8 +45,11 @@ class FusionConfig:
     def describe(self) -> dict[str, float | int]:
         """For the manifest and MLflow parameters."""
         return {
-            "text_weight": self.text_weight, "question_weight": self.question_weight,
-            "answer_weight": self.answer_weight, "sparse_weight": self.sparse_weight, "rrf_k": self.rrf_k,
+            "text_weight": self.text_weight,
+            "question_weight": self.question_weight,
+            "answer_weight": self.answer_weight,
+            "sparse_weight": self.sparse_weight,
+            "rrf_k": self.rrf_k,
             "candidates": self.candidates,
         }
 
@@ -137,7 +140,8 @@ class KnowledgeIndex:
         self._unit_chunk = np.array([u.chunk_index for u in self.units], dtype=np.int64)
         # 0 = question or variation, 1 = whole text, 2 = answer (body)
         self._unit_slot = np.array(
-            [0 if is_query_like(u.field) else 1 if u.field == "text" else 2 for u in self.units], dtype=np.int8
+            [0 if is_query_like(u.field) else 1 if u.field == "text" else 2 for u in self.units],
+            dtype=np.int8,
         )
         self._by_id = {c.id: i for i, c in enumerate(self.chunks)}
 
@@ -150,8 +154,13 @@ class KnowledgeIndex:
         vectors = embed_units(embedder, units)
         term_lists = [chunk_terms(c) for c in chunks]
         return cls(
-            chunks=list(chunks), units=units, faiss_index=build_faiss(vectors), bm25=build_bm25(term_lists),
-            chunk_terms=term_lists, embedder=embedder, fusion=fusion or FusionConfig(),
+            chunks=list(chunks),
+            units=units,
+            faiss_index=build_faiss(vectors),
+            bm25=build_bm25(term_lists),
+            chunk_terms=term_lists,
+            embedder=embedder,
+            fusion=fusion or FusionConfig(),
         )
 
     def __len__(self) -> int:
@@ -179,9 +188,7 @@ class KnowledgeIndex:
         allowed = self._allowed(category, language)
         qvecs = self.embedder.embed_queries(list(queries))
         dense = self._dense(qvecs, allowed)
-        return [
-            self._fuse(dense[i], self._sparse(q, allowed), k) for i, q in enumerate(queries)
-        ]
+        return [self._fuse(dense[i], self._sparse(q, allowed), k) for i, q in enumerate(queries)]
 
     def _allowed(self, category: str | None, language: str | None) -> np.ndarray | None:
         if category is None and language is None:
@@ -194,15 +201,15 @@ class KnowledgeIndex:
             dtype=bool,
         )
 
-    def _dense(self, qvecs: np.ndarray, allowed: np.ndarray | None) -> list[dict[int, np.ndarray]]:
-        """Per query: chunk index -> best cosine per slot (question, text, answer), NaN when absent."""
+    def _dense(self, qvecs: np.ndarray, allowed: np.ndarray | None) -> list[list[_Ranking]]:
+        """Per query, four rankings of chunks: by question/variation, text, answer, and best of them."""
         n = self.faiss_index.ntotal
         want = min(n, max(self.fusion.candidates * 6, 300))
         params = None
         if allowed is not None:
             unit_ids = np.flatnonzero(allowed[self._unit_chunk]).astype(np.int64)
             if len(unit_ids) == 0:
-                return [{} for _ in range(len(qvecs))]
+                return [[_Ranking.empty()] * 4 for _ in range(len(qvecs))]
             want = min(want, len(unit_ids))
             sel = faiss.IDSelectorBatch(unit_ids)
             params = (
@@ -211,70 +218,95 @@ class KnowledgeIndex:
                 else faiss.SearchParameters(sel=sel)
             )
         scores, ids = self.faiss_index.search(np.ascontiguousarray(qvecs), want, params=params)
-        out: list[dict[int, np.ndarray]] = []
+        out: list[list[_Ranking]] = []
         for row_s, row_i in zip(scores, ids, strict=True):
-            per: dict[int, np.ndarray] = {}
-            for s, uid in zip(row_s, row_i, strict=True):
-                if uid < 0:
-                    continue
-                slots = per.setdefault(int(self._unit_chunk[uid]), np.full(3, np.nan))
-                slot = self._unit_slot[uid]
-                if not slots[slot] >= s:  # also true when the slot is still NaN
-                    slots[slot] = s
-            out.append(per)
+            keep = row_i >= 0
+            row_s, row_i = row_s[keep], row_i[keep]  # FAISS returns them best first
+            chunk_of, slot_of = self._unit_chunk[row_i], self._unit_slot[row_i]
+            per_slot = [
+                _Ranking.first_occurrences(chunk_of[slot_of == s], row_s[slot_of == s]) for s in range(3)
+            ]
+            out.append([*per_slot, _Ranking.first_occurrences(chunk_of, row_s)])
         return out
 
-    def _sparse(self, query: str, allowed: np.ndarray | None) -> dict[int, float]:
+    def _sparse(self, query: str, allowed: np.ndarray | None) -> _Ranking:
         qterms = [t for t in terms(query) if t in self.bm25.vocab_dict]
         if not qterms:
-            return {}
+            return _Ranking.empty()
         scores = self.bm25.get_scores(qterms)[: len(self.chunks)]
         if allowed is not None:
             scores = np.where(allowed, scores, 0.0)
         top = min(self.fusion.candidates, len(scores))
         idx = np.argpartition(-scores, top - 1)[:top]
-        return {int(i): float(scores[i]) for i in idx if scores[i] > 0}
+        idx = idx[np.argsort(-scores[idx], kind="stable")]
+        idx = idx[scores[idx] > 0]
+        return _Ranking(idx.astype(np.int64), scores[idx].astype(np.float32))
 
-    def _fuse(self, dense: dict[int, np.ndarray], sparse: dict[int, float], k: int) -> list[SearchHit]:
+    def _fuse(self, dense: list[_Ranking], sparse: _Ranking, k: int) -> list[SearchHit]:
         f = self.fusion
-        slot_ranks = [_ranks({i: float(v[slot]) for i, v in dense.items() if not np.isnan(v[slot])})
-                      for slot in range(3)]
-        dense_best = {i: float(np.nanmax(v)) for i, v in dense.items()}
-        dense_rank = _ranks(dense_best)
-        sparse_rank = _ranks(sparse)
-        weighted = zip((*slot_ranks, sparse_rank),
-                       (f.question_weight, f.text_weight, f.answer_weight, f.sparse_weight), strict=True)
-        fused: dict[int, float] = {}
-        for ranks, w in weighted:
-            if w == 0:
+        lists = [
+            (dense[0], f.question_weight),
+            (dense[1], f.text_weight),
+            (dense[2], f.answer_weight),
+            (sparse, f.sparse_weight),
+        ]
+        ids_parts, contrib_parts = [], []
+        for ranking, weight in lists:
+            if weight == 0 or not len(ranking.ids):
                 continue
-            for i, r in ranks.items():
-                if r <= f.candidates:
-                    fused[i] = fused.get(i, 0.0) + w / (f.rrf_k + r)
-        order = sorted(fused, key=lambda i: (-fused[i], dense_rank.get(i, 10**9)))[:k]
+            top = ranking.ids[: f.candidates]
+            ids_parts.append(top)
+            contrib_parts.append(weight / (f.rrf_k + np.arange(1, len(top) + 1)))
+        if not ids_parts:
+            return []
+        uniq, inverse = np.unique(np.concatenate(ids_parts), return_inverse=True)
+        fused = np.bincount(inverse, weights=np.concatenate(contrib_parts))
+        order = np.argsort(-fused, kind="stable")[:k]
         return [
-            self._hit(i, rank, fused[i], dense.get(i), dense_best.get(i), dense_rank.get(i),
-                      sparse.get(i), sparse_rank.get(i))
-            for rank, i in enumerate(order, start=1)
+            self._hit(int(uniq[j]), rank, float(fused[j]), dense, sparse)
+            for rank, j in enumerate(order, start=1)
         ]
 
-    def _hit(
-        self, i: int, rank: int, score: float, slots: np.ndarray | None, dense_score: float | None,
-        dense_rank: int | None, sparse_score: float | None, sparse_rank: int | None,
-    ) -> SearchHit:
-        def value(slot: int) -> float | None:
-            return None if slots is None or np.isnan(slots[slot]) else float(slots[slot])
-
-        q, t, a = value(0), value(1), value(2)
-        fields: list[tuple[float, VectorField]] = [(v, n) for v, n in ((q, "question"), (t, "text"), (a, "answer"))
-                                                   if v is not None]
+    def _hit(self, i: int, rank: int, score: float, dense: list[_Ranking], sparse: _Ranking) -> SearchHit:
+        q, t, a, best = (r.lookup(i) for r in dense)
+        s = sparse.lookup(i)
+        fields: list[tuple[float, VectorField]] = [
+            (v[0], name) for v, name in ((q, "question"), (t, "text"), (a, "answer")) if v is not None
+        ]
         return SearchHit(
-            chunk=self.chunks[i], score=score, rank=rank, dense_score=dense_score, dense_rank=dense_rank,
-            sparse_score=sparse_score, sparse_rank=sparse_rank, question_score=q, text_score=t,
-            answer_score=a, matched_field=max(fields)[1] if fields else None,
+            chunk=self.chunks[i],
+            score=score,
+            rank=rank,
+            dense_score=best[0] if best else None,
+            dense_rank=best[1] if best else None,
+            sparse_score=s[0] if s else None,
+            sparse_rank=s[1] if s else None,
+            question_score=q[0] if q else None,
+            text_score=t[0] if t else None,
+            answer_score=a[0] if a else None,
+            matched_field=max(fields)[1] if fields else None,
         )
 
 
-def _ranks(scores: dict[int, float]) -> dict[int, int]:
-    """1-based ranks by descending score."""
-    return {i: r for r, i in enumerate(sorted(scores, key=lambda i: -scores[i]), start=1)}
+@dataclass(frozen=True)
+class _Ranking:
+    """Chunk indexes best first, with their scores."""
+
+    ids: np.ndarray
+    scores: np.ndarray
+
+    @classmethod
+    def empty(cls) -> _Ranking:
+        return cls(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
+
+    @classmethod
+    def first_occurrences(cls, chunk_ids: np.ndarray, scores: np.ndarray) -> _Ranking:
+        """Keep each chunk's first (best) appearance in a best-first list of units."""
+        _, first = np.unique(chunk_ids, return_index=True)
+        first.sort()
+        return cls(chunk_ids[first], scores[first])
+
+    def lookup(self, chunk_index: int) -> tuple[float, int] | None:
+        """(score, 1-based rank) of a chunk, or None when it is not in the ranking."""
+        where = np.flatnonzero(self.ids == chunk_index)
+        return (float(self.scores[where[0]]), int(where[0]) + 1) if len(where) else None

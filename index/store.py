@@ -116,8 +116,10 @@ def load_index(directory: Path, embedder: Embedder, fusion: FusionConfig | None 
     gen = current_generation(directory)
     manifest = json.loads((gen / "manifest.json").read_text(encoding="utf-8"))
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise IndexMismatchError(f"{gen}: index format {manifest.get('format_version')}, expected "
-                                 f"{FORMAT_VERSION}; rebuild with `madoguchi index build`")
+        raise IndexMismatchError(
+            f"{gen}: index format {manifest.get('format_version')}, expected "
+            f"{FORMAT_VERSION}; rebuild with `madoguchi index build`"
+        )
     if manifest["embedder"] != embedder.name or manifest["dimension"] != embedder.dim:
         raise IndexMismatchError(
             f"{gen}: built with embedder {manifest['embedder']!r} (dim {manifest['dimension']}), "
@@ -134,8 +136,12 @@ def load_index(directory: Path, embedder: Embedder, fusion: FusionConfig | None 
             chunks.append(Chunk(**row))
     units = [VectorUnit(i, f, t) for i, f, t in json.loads((gen / "units.json").read_text(encoding="utf-8"))]
     return KnowledgeIndex(
-        chunks=chunks, units=units, faiss_index=faiss.read_index(str(gen / "dense.faiss")),
-        bm25=build_bm25(term_lists), chunk_terms=term_lists, embedder=embedder,
+        chunks=chunks,
+        units=units,
+        faiss_index=faiss.read_index(str(gen / "dense.faiss")),
+        bm25=build_bm25(term_lists),
+        chunk_terms=term_lists,
+        embedder=embedder,
         fusion=fusion or FusionConfig(**manifest.get("fusion", {})),
     )
 
@@ -159,8 +165,10 @@ def _fsync_dir(path: Path) -> None:
 def _prune(directory: Path, keep: str) -> None:
     """Remove old generations (keeping the newest few, so a reader mid-load is not pulled from under)
     and leftovers of crashed writes."""
-    gens = sorted((p for p in directory.glob("gen-*") if p.is_dir() and not p.name.endswith(".tmp")),
-                  key=lambda p: p.name)
+    gens = sorted(
+        (p for p in directory.glob("gen-*") if p.is_dir() and not p.name.endswith(".tmp")),
+        key=lambda p: p.name,
+    )
     for old in [g for g in gens if g.name != keep][: max(0, len(gens) - _KEEP_GENERATIONS)]:
         shutil.rmtree(old, ignore_errors=True)
     for tmp in directory.glob("gen-*.tmp"):

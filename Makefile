@@ -38,8 +38,8 @@ lint: setup
 	$(BIN)/ruff check assistant index eval prompts tests bench
 
 bench: setup
-	$(BIN)/python bench/bench_search.py
-	$(BIN)/python bench/bench_build.py
+	$(BIN)/python -m bench.bench_search
+	$(BIN)/python -m bench.bench_build
 
 clean:
 	rm -rf var .pytest_cache

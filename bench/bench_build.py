@@ -6,7 +6,7 @@
 2. Update: a ~10k-chunk index (LocalgovFAQ answers as manuals, chunked small); the time to change one
    document, and to add one, against the full build of the same sources.
 
-    .venv/bin/python bench/bench_build.py [--entries 600] [--update-chunks 10000]
+    .venv/bin/python -m bench.bench_build [--entries 600] [--update-chunks 10000]
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ search). The 10k and 100k indexes reuse the real embeddings of LocalgovFAQ's 1,7
 with small Gaussian perturbations (renormalized) and their texts replicated with a suffix, because
 embedding 100k chunks takes hours on this CPU. Resident memory is read from /proc after building.
 
-    .venv/bin/python bench/bench_search.py [--queries 200]
+    .venv/bin/python -m bench.bench_search [--queries 200]
 """
 
 from __future__ import annotations

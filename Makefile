@@ -22,6 +22,9 @@ $(STAMP): pyproject.toml
 	# The CPU build of torch first: an unpinned torch would pull a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[test]'
+	# Browser tests drive Debian's chromium (never a downloaded browser); they skip when it is absent.
+	command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  apt-get install -y -q chromium >/dev/null 2>&1; } || echo "chromium not installed: browser tests will skip"
 	touch $(STAMP)
 
 run: setup

@@ -220,6 +220,52 @@ def eval_retrieval(
         Console().print(table)
 
 
+@eval_app.command("escalation")
+def eval_escalation(
+    intents: Annotated[Path, typer.Option(help="CLINC150-format JSON: train/test/oos_train/oos_test lists.")],
+    target_precision: Annotated[float, typer.Option(min=0.5, max=0.999, help="Answer precision to meet.")] = 0.95,
+    folds: Annotated[int, typer.Option(min=2, max=20, help="Cross-validation folds on the training part.")] = 5,
+    seed: Annotated[int, typer.Option(help="Seed of the fold assignment.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
+    embedder: EmbedderOpt = None,
+) -> None:
+    """Answer-or-escalate on an intents data set, at a threshold chosen from its training part only."""
+    from eval.escalation import run_escalation_eval
+
+    s = _settings()
+    if not intents.is_file():
+        _fail(f"intents file not found: {intents}")
+    try:
+        result = run_escalation_eval(intents, _embedder(s, embedder), seed=seed, folds=folds,
+                                     target_precision=target_precision)
+    except (ValueError, KeyError) as exc:
+        _fail(str(exc))
+        return
+    if as_json:
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+        return
+    table = Table("metric", "value")
+    for key, value in result.items():
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    Console().print(table)
+
+
+# --- serve (added by the API helper; a separate command, nothing above depends on it) ---------------
+
+
+@app.command("serve")
+def serve_command(
+    host: Annotated[str | None, typer.Option(help="Address to listen on (default: settings).")] = None,
+    port: Annotated[int | None, typer.Option(min=0, max=65535, help="Port (default: settings).")] = None,
+) -> None:
+    """Migrate the database, build the index if missing, and serve the API and the chat widget."""
+    from assistant.serve import serve
+
+    s = _settings()
+    overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    serve(s.model_copy(update=overrides))
+
+
 def main() -> None:
     """Entry point of the ``madoguchi`` console script."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)

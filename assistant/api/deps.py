@@ -1,0 +1,90 @@
+"""What routers depend on: the services built once per app, and API-key authentication by role.
+
+A key comes in ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``. Authentication also spends
+one token of the key's rate-limit bucket.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+from assistant.api.errors import ForbiddenRoleError, RateLimitedError, UnauthenticatedError
+from assistant.api.ratelimit import TokenBucketLimiter
+from assistant.db import Database
+from assistant.keys import KeyInfo, find_key
+from assistant.models import KeyRole, utcnow
+from assistant.settings import Settings
+
+if TYPE_CHECKING:
+    from assistant.respond import Responder
+
+
+@dataclass(frozen=True)
+class Services:
+    """Everything the API needs, built once by the lifespan (or handed in by tests)."""
+
+    settings: Settings
+    database: Database
+    responder: Responder
+    limiter: TokenBucketLimiter = field(default_factory=TokenBucketLimiter)
+    clock: Callable[[], datetime] = utcnow
+    # For /healthz: how many chunks the loaded index holds.
+    index_chunks: int | None = None
+
+
+def get_services(request: Request) -> Services:
+    """The app's services (set by the lifespan)."""
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+_bearer = HTTPBearer(auto_error=False, description="An API key as a bearer token.")
+_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key.")
+
+
+def authenticate(
+    services: ServicesDep,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    header_key: Annotated[str | None, Depends(_api_key_header)],
+) -> KeyInfo:
+    """The live API key of the request, after spending one token of its rate limit."""
+    secret = header_key or (bearer.credentials if bearer else None)
+    challenge = {"WWW-Authenticate": "Bearer"}
+    if not secret:
+        raise UnauthenticatedError("an API key is required (Authorization: Bearer or X-API-Key)", challenge)
+    with services.database.session() as session:
+        key = find_key(session, secret.strip())
+    if key is None:
+        raise UnauthenticatedError("unknown or revoked API key", challenge)
+    limit = key.rate_limit or services.settings.api.rate_limits[key.role]
+    verdict = services.limiter.take(key.id, limit)
+    if not verdict.allowed:
+        retry = TokenBucketLimiter.retry_after_header(verdict)
+        raise RateLimitedError(f"rate limit of {limit.per_minute:g}/min exceeded", {"Retry-After": retry})
+    return key
+
+
+def require_role(*roles: KeyRole) -> Callable[[KeyInfo], KeyInfo]:
+    """A dependency admitting only keys of these roles (403 for the others)."""
+
+    def check(key: Annotated[KeyInfo, Depends(authenticate)]) -> KeyInfo:
+        if key.role not in roles:
+            raise ForbiddenRoleError(
+                f"{key.role} keys cannot do this; it takes a key of role {' or '.join(roles)}"
+            )
+        return key
+
+    return check
+
+
+CustomerKey = Annotated[KeyInfo, Depends(require_role("customer"))]
+AnyKey = Annotated[KeyInfo, Depends(require_role("customer", "operator", "admin"))]
+AdminKey = Annotated[KeyInfo, Depends(require_role("admin"))]

@@ -1,0 +1,1 @@
+"""Alembic migrations for Madoguchi's database; run them with ``assistant.db.upgrade``."""

@@ -1,0 +1,52 @@
+"""``madoguchi serve``: migrate the database, make sure an index exists, then serve the API and widget.
+
+On a fresh machine this builds the index from the knowledge-base sources in settings (the demo base
+by default), so one command takes a checkout to a working assistant.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from assistant.api.app import assemble_services, create_app
+from assistant.db import upgrade
+from assistant.settings import Settings
+from index.embed import Embedder
+
+log = logging.getLogger(__name__)
+
+
+def ensure_index(settings: Settings, embedder: Embedder) -> None:
+    """Build the index from ``settings.kb_sources`` if none exists at ``settings.index_dir``."""
+    from index.build import build_index
+    from index.store import IndexNotFoundError, read_manifest
+
+    try:
+        read_manifest(settings.index_dir)
+        return
+    except IndexNotFoundError:
+        pass
+    sources = list(settings.kb_sources)
+    log.info("no index at %s: building it from %s", settings.index_dir, ", ".join(map(str, sources)))
+    build_index(settings.index_dir, sources, embedder, root=_common_root(sources), progress=True)
+
+
+def _common_root(paths: list[Path]) -> Path | None:
+    dirs = [p.resolve() if p.is_dir() else p.resolve().parent for p in paths]
+    return Path(os.path.commonpath(dirs)) if dirs else None
+
+
+def serve(settings: Settings) -> None:
+    """Migrate, index if needed, and run uvicorn on ``settings.host``:``settings.port`` until stopped."""
+    import uvicorn
+
+    from index.embed import load_embedder
+
+    upgrade(settings)
+    embedder = load_embedder(settings.embedder, settings.cache_dir)
+    ensure_index(settings, embedder)
+    app = create_app(settings, assemble_services(settings, embedder))
+    log.info("serving on http://%s:%d (widget at /, API docs at /docs)", settings.host, settings.port)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)

@@ -1,0 +1,124 @@
+"""The one settings root, built at each entry point and passed down explicitly.
+
+Every value can come from the environment with the prefix ``MADOGUCHI_`` and ``__`` between nested
+names, e.g. ``MADOGUCHI_LLM__MODEL=openai/gpt-4o-mini`` or ``MADOGUCHI_API__MAX_MESSAGE_CHARS=2000``.
+Paths that default to a place under ``home`` are filled in from it when not given.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from assistant.escalate import EscalationConfig
+
+Role = Literal["customer", "operator", "admin"]
+ROLES: tuple[Role, ...] = ("customer", "operator", "admin")
+
+
+class LLMSettings(BaseModel):
+    """A generative model reached through litellm; no model means extractive answers only."""
+
+    model: str | None = None
+    api_base: str | None = None
+    api_key: SecretStr | None = None
+    timeout: float = Field(default=20.0, gt=0)
+    retries: int = Field(default=1, ge=0, le=5)
+
+
+class RateLimit(BaseModel):
+    """A token bucket: ``burst`` requests at once, refilled at ``per_minute``."""
+
+    per_minute: float = Field(gt=0)
+    burst: int = Field(ge=1)
+
+
+def _default_rate_limits() -> dict[Role, RateLimit]:
+    # A widget key is shared by every visitor of one site, so it gets the largest bucket.
+    return {
+        "customer": RateLimit(per_minute=600, burst=120),
+        "operator": RateLimit(per_minute=600, burst=120),
+        "admin": RateLimit(per_minute=120, burst=30),
+    }
+
+
+class ApiSettings(BaseModel):
+    """Limits and browser access of the HTTP API."""
+
+    cors_origins: list[str] = Field(default_factory=lambda: ["*"])
+    rate_limits: dict[Role, RateLimit] = Field(default_factory=_default_rate_limits)
+    max_message_chars: int = Field(default=4000, ge=1)
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    # How long a request holding an idempotency key may run before a retry may take it over.
+    idempotency_lease_seconds: float = Field(default=120.0, gt=0)
+    # How many earlier messages of the conversation a turn sees.
+    history_messages: int = Field(default=12, ge=0)
+
+
+class OperatorSettings(BaseModel):
+    """What the escalation policy knows about people until the operator workspace tracks shifts."""
+
+    on_shift: int = Field(default=0, ge=0)
+    capacity: int = Field(default=10, ge=0)
+
+
+class Settings(BaseSettings):
+    """Madoguchi's configuration; see the module docstring for the environment names."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MADOGUCHI_",
+        env_nested_delimiter="__",
+        nested_model_default_partial_update=True,
+        extra="ignore",
+    )
+
+    home: Path = Path("./var")
+    cache_dir: Path = Path("~/.cache/madoguchi")
+    database_url: str = ""  # default: sqlite:///<home>/madoguchi.db
+    index_dir: Path = Path()  # default: <home>/index
+    kb_sources: list[Path] = Field(default_factory=lambda: [Path("demo/kb")])
+    embedder: str = "default"
+    llm: LLMSettings = Field(default_factory=LLMSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    escalation: EscalationConfig = Field(default_factory=EscalationConfig)
+    operators: OperatorSettings = Field(default_factory=OperatorSettings)
+    bootstrap_admin_key: SecretStr | None = None
+    # Create a demo widget (customer) key on first start and embed it in the served widget page.
+    demo_widget_key: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    log_level: str = "info"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_home_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        home = Path(data.get("home") or "./var").expanduser()
+        if not data.get("database_url"):
+            data["database_url"] = f"sqlite:///{(home / 'madoguchi.db').as_posix()}"
+        if not data.get("index_dir"):
+            data["index_dir"] = home / "index"
+        return data
+
+    @field_validator("home", "cache_dir", "index_dir")
+    @classmethod
+    def _expand_user(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @field_validator("bootstrap_admin_key")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 20:
+            raise ValueError("bootstrap_admin_key must be at least 20 characters")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        if not value.startswith(("sqlite", "postgresql")):
+            raise ValueError(f"database_url must be a sqlite:// or postgresql:// URL, got {value!r}")
+        return value

@@ -1,0 +1,306 @@
+"""Conversations and their messages in the database: open, append, answer, rate, close, read.
+
+Every function takes an open ``Session`` and leaves committing to the caller, so one request's writes
+land together. Message numbers (``seq``) come from an atomic increment of the conversation's
+``last_seq`` that also refuses closed conversations: safe with several writers and several replicas.
+
+Errors: ``ConversationNotFoundError`` (unknown, or not visible to the key), ``ConversationClosedError``,
+``MessageNotFoundError`` and ``NotRateableError`` (feedback on a message that is not a bot reply).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from assistant.answer import Citation
+from assistant.keys import KeyInfo
+from assistant.models import Conversation, Customer, Escalation, Feedback, Message, Rating, utcnow
+
+HANDOFF_DECISIONS = ("escalate", "take_message")
+# Who speaks in the history a turn sees (system notes are for people, not for the bot).
+HISTORY_ROLES = ("customer", "bot", "operator")
+
+
+class ConversationNotFoundError(LookupError):
+    """No conversation with this id is visible to the caller."""
+
+
+class ConversationClosedError(RuntimeError):
+    """The conversation is closed: it takes no more messages."""
+
+
+class MessageNotFoundError(LookupError):
+    """No message with this id in the conversation."""
+
+
+class NotRateableError(ValueError):
+    """Only the bot's replies can be rated."""
+
+
+@dataclass(frozen=True)
+class NewConversation:
+    """What a client says about a conversation it opens."""
+
+    member_id: str | None = None
+    visitor_id: str | None = None
+    channel: str = "web"
+    locale: str = "ja"
+    page_context: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class TurnContext:
+    """What the database knows that a turn needs: earlier messages and the customer's standing."""
+
+    history: tuple[tuple[str, str], ...]  # (role, text), oldest first, without the current message
+    thumbs_down: int
+    vip: bool
+    locale: str
+    queue_length: int
+    answered_sources: tuple[str, ...] = ()  # entries the bot answered from, oldest first
+    last_decision: str | None = None  # the decision of the bot's latest reply
+
+
+def _upsert_customer(session: Session, member_id: str) -> Customer:
+    query = select(Customer).where(Customer.member_id == member_id)
+    customer = session.scalar(query)
+    if customer is not None:
+        return customer
+    try:
+        # A savepoint, so losing a race with another request for the same new member is harmless.
+        with session.begin_nested():
+            customer = Customer(member_id=member_id)
+            session.add(customer)
+        return customer
+    except IntegrityError:
+        return session.scalars(query).one()
+
+
+def open_conversation(session: Session, key: KeyInfo, new: NewConversation) -> Conversation:
+    """Create a conversation bound to ``key``; a member id links (or creates) its customer row."""
+    customer = _upsert_customer(session, new.member_id) if new.member_id else None
+    conversation = Conversation(
+        id=uuid.uuid4(),
+        api_key_id=key.id,
+        customer=customer,
+        visitor_id=new.visitor_id,
+        channel=new.channel,
+        locale=new.locale,
+        page_context=dict(new.page_context or {}),
+        status="open",
+        last_seq=0,
+    )
+    session.add(conversation)
+    session.flush()
+    return conversation
+
+
+def find_conversation(session: Session, conversation_id: uuid.UUID, key: KeyInfo) -> Conversation:
+    """The conversation, if this key may see it: customer keys see only the ones they created."""
+    conversation = session.get(Conversation, conversation_id)
+    if conversation is None or (key.role == "customer" and conversation.api_key_id != key.id):
+        raise ConversationNotFoundError(f"no conversation {conversation_id}")
+    return conversation
+
+
+def _next_seq(session: Session, conversation_id: uuid.UUID, now: datetime) -> int:
+    # One UPDATE both numbers the message and refuses a closed conversation; on PostgreSQL its row
+    # lock serializes concurrent messages of one conversation until commit.
+    seq = session.execute(
+        update(Conversation)
+        .where(Conversation.id == conversation_id, Conversation.status != "closed")
+        .values(last_seq=Conversation.last_seq + 1, updated_at=now)
+        .returning(Conversation.last_seq)
+        .execution_options(synchronize_session=False)
+    ).scalar_one_or_none()
+    if seq is None:
+        raise ConversationClosedError(f"conversation {conversation_id} is closed")
+    return seq
+
+
+def add_message(
+    session: Session, conversation_id: uuid.UUID, role: str, text: str, **bot_fields: Any
+) -> Message:
+    """Append a message with the next sequence number."""
+    now = utcnow()
+    message = Message(
+        conversation_id=conversation_id,
+        seq=_next_seq(session, conversation_id, now),
+        role=role,
+        text=text,
+        created_at=now,
+        **bot_fields,
+    )
+    session.add(message)
+    session.flush()
+    return message
+
+
+def citation_record(citation: Citation) -> dict[str, Any]:
+    """A citation as stored in the message's JSON column."""
+    return {
+        "number": citation.number,
+        "title": citation.title,
+        "url": citation.url,
+        "chunk_id": citation.chunk_id,
+        "source_id": citation.source_id,
+    }
+
+
+@dataclass(frozen=True)
+class BotReply:
+    """A bot reply as stored: the text and the decision behind it."""
+
+    text: str
+    decision: str
+    confidence: float | None
+    reasons: tuple[str, ...]
+    citations: tuple[Citation, ...] = ()
+    search_query: str | None = None
+
+
+def add_bot_reply(
+    session: Session, conversation: Conversation, reply_to: Message, reply: BotReply
+) -> Message:
+    """Store the bot's reply to ``reply_to``; a hand-off also queues an escalation for people."""
+    message = add_message(
+        session,
+        conversation.id,
+        "bot",
+        reply.text,
+        reply_to_id=reply_to.id,
+        decision=reply.decision,
+        confidence=reply.confidence,
+        reasons=list(reply.reasons),
+        citations=[citation_record(c) for c in reply.citations],
+        search_query=reply.search_query,
+    )
+    if reply.decision in HANDOFF_DECISIONS:
+        session.add(
+            Escalation(
+                conversation_id=conversation.id,
+                message_id=message.id,
+                decision=reply.decision,
+                reasons=list(reply.reasons),
+                confidence=reply.confidence,
+            )
+        )
+        conversation.status = "escalated"
+    session.flush()
+    return message
+
+
+def record_queued_handoff(session: Session, conversation: Conversation, reply: BotReply) -> Escalation:
+    """Keep a hand-off decision taken while the conversation already waits for people (no message)."""
+    escalation = Escalation(
+        conversation_id=conversation.id,
+        message_id=None,
+        decision=reply.decision,
+        reasons=list(reply.reasons),
+        confidence=reply.confidence,
+    )
+    session.add(escalation)
+    session.flush()
+    return escalation
+
+
+def turn_context(session: Session, conversation: Conversation, message: Message, limit: int) -> TurnContext:
+    """What a turn needs from the database about the conversation before ``message``.
+
+    The last ``limit`` messages, thumbs-down count, VIP flag, queue length, the entries the bot
+    answered from (its first citation per answer) and the decision of its latest reply.
+    """
+    earlier = session.scalars(
+        select(Message)
+        .where(
+            Message.conversation_id == conversation.id,
+            Message.seq < message.seq,
+            Message.role.in_(HISTORY_ROLES),
+        )
+        .order_by(Message.seq.desc())
+        .limit(limit)
+    ).all()
+    bot_replies = session.execute(
+        select(Message.decision, Message.citations)
+        .where(Message.conversation_id == conversation.id, Message.seq < message.seq, Message.role == "bot")
+        .order_by(Message.seq)
+    ).all()
+    thumbs_down = session.scalar(
+        select(func.count())
+        .select_from(Feedback)
+        .where(Feedback.conversation_id == conversation.id, Feedback.rating == "down")
+    )
+    queue_length = session.scalar(
+        select(func.count()).select_from(Conversation).where(Conversation.status == "escalated")
+    )
+    return TurnContext(
+        history=tuple((m.role, m.text) for m in reversed(earlier)),
+        thumbs_down=thumbs_down or 0,
+        vip=bool(conversation.customer and conversation.customer.vip),
+        locale=conversation.locale,
+        queue_length=queue_length or 0,
+        answered_sources=_answered_sources(bot_replies),
+        last_decision=bot_replies[-1].decision if bot_replies else None,
+    )
+
+
+def _answered_sources(bot_replies: Sequence[Any]) -> tuple[str, ...]:
+    sources = [c["source_id"] for r in bot_replies if r.decision == "answer" for c in (r.citations or [])[:1]]
+    return tuple(dict.fromkeys(sources))
+
+
+def messages_of(session: Session, conversation_id: uuid.UUID) -> Sequence[Message]:
+    """The whole transcript, in order."""
+    return session.scalars(
+        select(Message).where(Message.conversation_id == conversation_id).order_by(Message.seq)
+    ).all()
+
+
+def rate_message(
+    session: Session, conversation: Conversation, message_id: int, rating: Rating, comment: str | None
+) -> Feedback:
+    """Record (or change) the customer's rating of one bot reply in this conversation."""
+    message = session.get(Message, message_id)
+    if message is None or message.conversation_id != conversation.id:
+        raise MessageNotFoundError(f"no message {message_id} in conversation {conversation.id}")
+    if message.role != "bot":
+        raise NotRateableError(f"message {message_id} is a {message.role} message, not a bot reply")
+    feedback = session.scalar(select(Feedback).where(Feedback.message_id == message_id).with_for_update())
+    now = utcnow()
+    if feedback is None:
+        feedback = Feedback(message_id=message_id, conversation_id=conversation.id, created_at=now)
+        session.add(feedback)
+    feedback.rating = rating
+    feedback.comment = comment
+    feedback.updated_at = now
+    session.flush()
+    return feedback
+
+
+def close_conversation(session: Session, conversation: Conversation) -> Conversation:
+    """Close the conversation (idempotent); it takes no more messages."""
+    if conversation.status != "closed":
+        now = utcnow()
+        conversation.status = "closed"
+        conversation.closed_at = now
+        conversation.updated_at = now
+        session.flush()
+    return conversation
+
+
+def upsert_customer(
+    session: Session, member_id: str, *, name: str | None, plan: str | None, vip: bool
+) -> Customer:
+    """Create or update what we know of a member (an admin import or a CRM hook)."""
+    customer = _upsert_customer(session, member_id)
+    customer.name, customer.plan, customer.vip = name, plan, vip
+    session.flush()
+    return customer

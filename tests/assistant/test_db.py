@@ -1,0 +1,264 @@
+"""The database layer on SQLite and PostgreSQL: migrations, numbering, hand-offs, feedback, visibility."""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import func, inspect, select, text
+
+from assistant.answer import Citation
+from assistant.db import Database, DatabaseURLError, alembic_config, current_revision, normalize_url, upgrade
+from assistant.keys import KeyInfo, issue_key
+from assistant.models import Base, Conversation, Escalation, Message
+from assistant.settings import Settings
+from assistant.transcripts import (
+    BotReply,
+    ConversationClosedError,
+    ConversationNotFoundError,
+    MessageNotFoundError,
+    NewConversation,
+    NotRateableError,
+    add_bot_reply,
+    add_message,
+    close_conversation,
+    find_conversation,
+    messages_of,
+    open_conversation,
+    rate_message,
+    turn_context,
+    upsert_customer,
+)
+
+
+def _key(database: Database, role: str = "customer") -> KeyInfo:
+    with database.session() as session:
+        return issue_key(session, role, f"test {role}").info  # type: ignore[arg-type]
+
+
+def _conversation(database: Database, key: KeyInfo, **kwargs: object) -> uuid.UUID:
+    with database.session() as session:
+        return open_conversation(session, key, NewConversation(**kwargs)).id  # type: ignore[arg-type]
+
+
+def test_migrations_match_the_models(database: Database) -> None:
+    with database.engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        assert compare_metadata(context, Base.metadata) == []
+    assert current_revision(database.engine.url) == "0001"
+
+
+def test_downgrade_drops_everything_and_upgrade_restores_it(database_url: str) -> None:
+    config = alembic_config(database_url)
+    command.downgrade(config, "base")
+    database = Database.connect(database_url)
+    try:
+        assert set(inspect(database.engine).get_table_names()) <= {"alembic_version"}
+        upgrade(database_url)
+        tables = set(inspect(database.engine).get_table_names())
+        assert {t.name for t in Base.metadata.sorted_tables} <= tables
+    finally:
+        database.dispose()
+
+
+def test_upgrade_from_settings_needs_no_alembic_ini(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no alembic.ini here
+    settings = Settings(home=tmp_path / "home")
+    upgrade(settings)
+    assert (tmp_path / "home" / "madoguchi.db").exists()
+    assert current_revision(settings.database_url) == "0001"
+    upgrade(settings)  # a second run is a no-op
+
+
+def test_sqlite_runs_with_foreign_keys_and_wal(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    upgrade(url)
+    database = Database.connect(url)
+    try:
+        with database.engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+            assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    finally:
+        database.dispose()
+
+
+def test_database_urls_are_pinned_to_psycopg_or_refused() -> None:
+    assert normalize_url("postgresql://u@h/db").drivername == "postgresql+psycopg"
+    assert normalize_url("sqlite:///x.db").drivername == "sqlite"
+    with pytest.raises(DatabaseURLError, match="mysql"):
+        normalize_url("mysql://u@h/db")
+    with pytest.raises(ValueError, match="database_url"):
+        Settings(database_url="mysql://u@h/db")
+
+
+def test_settings_put_the_database_and_index_under_home(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path)
+    assert settings.database_url == f"sqlite:///{tmp_path.as_posix()}/madoguchi.db"
+    assert settings.index_dir == tmp_path / "index"
+
+
+def test_messages_are_numbered_in_order_and_read_back_intact(database: Database) -> None:
+    key = _key(database)
+    cid = _conversation(database, key, locale="ja", page_context={"url": "https://example.com/plans"})
+    texts = ["料金プランを教えて 📱", "それはいくらですか", "tab\there\nand a newline"]
+    with database.session() as session:
+        for t in texts:
+            add_message(session, cid, "customer", t)
+    with database.session() as session:
+        messages = messages_of(session, cid)
+        conversation = session.get_one(Conversation, cid)
+    assert [m.seq for m in messages] == [1, 2, 3]
+    assert [m.text for m in messages] == texts
+    assert conversation.page_context == {"url": "https://example.com/plans"}
+    assert conversation.last_seq == 3
+    assert all(m.created_at.utcoffset() == timedelta(0) for m in messages)  # aware, UTC
+    assert conversation.created_at <= datetime.now(UTC)
+
+
+def test_concurrent_messages_get_distinct_consecutive_numbers(database: Database) -> None:
+    key = _key(database)
+    cid = _conversation(database, key)
+    errors: list[BaseException] = []
+
+    def send(i: int) -> None:
+        try:
+            with database.session() as session:
+                add_message(session, cid, "customer", f"message {i}")
+        except Exception as exc:  # noqa: BLE001  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with database.session() as session:
+        seqs = [m.seq for m in messages_of(session, cid)]
+    assert seqs == list(range(1, 17))
+
+
+def test_a_closed_conversation_takes_no_more_messages(database: Database) -> None:
+    key = _key(database)
+    cid = _conversation(database, key)
+    with database.session() as session:
+        conversation = session.get_one(Conversation, cid)
+        close_conversation(session, conversation)
+        close_conversation(session, conversation)  # idempotent
+    with pytest.raises(ConversationClosedError), database.session() as session:
+        add_message(session, cid, "customer", "hello?")
+    with database.session() as session:
+        assert session.get_one(Conversation, cid).closed_at is not None
+        assert messages_of(session, cid) == []
+
+
+def test_a_handoff_reply_queues_an_escalation(database: Database) -> None:
+    key = _key(database)
+    cid = _conversation(database, key)
+    citation = Citation(number=1, title="解約", url=None, chunk_id="faq-1#0", source_id="faq-1")
+    with database.session() as session:
+        conversation = session.get_one(Conversation, cid)
+        question = add_message(session, cid, "customer", "解約したい")
+        reply = BotReply(
+            "担当者におつなぎします。",
+            "escalate",
+            0.42,
+            ("sensitive_topic:cancellation",),
+            (citation,),
+            "解約したい",
+        )
+        bot = add_bot_reply(session, conversation, question, reply)
+    with database.session() as session:
+        escalation = session.scalars(select(Escalation)).one()
+        stored = session.get_one(Message, bot.id)
+        assert session.get_one(Conversation, cid).status == "escalated"
+    assert escalation.conversation_id == cid and escalation.message_id == bot.id
+    assert escalation.reasons == ["sensitive_topic:cancellation"] and escalation.confidence == pytest.approx(
+        0.42
+    )
+    assert stored.reply_to_id == question.id and stored.decision == "escalate"
+    assert stored.citations == [
+        {"number": 1, "title": "解約", "url": None, "chunk_id": "faq-1#0", "source_id": "faq-1"}
+    ]
+
+
+def test_an_answer_keeps_the_conversation_open(database: Database) -> None:
+    key = _key(database)
+    cid = _conversation(database, key)
+    with database.session() as session:
+        conversation = session.get_one(Conversation, cid)
+        question = add_message(session, cid, "customer", "営業時間は？")
+        add_bot_reply(session, conversation, question, BotReply("9時から18時です。", "answer", 0.97, ()))
+    with database.session() as session:
+        assert session.get_one(Conversation, cid).status == "open"
+        assert session.scalar(select(func.count()).select_from(Escalation)) == 0
+
+
+def test_feedback_is_one_rating_per_bot_reply(database: Database) -> None:
+    key = _key(database)
+    cid, other = _conversation(database, key), _conversation(database, key)
+    with database.session() as session:
+        conversation = session.get_one(Conversation, cid)
+        question = add_message(session, cid, "customer", "q")
+        bot = add_bot_reply(session, conversation, question, BotReply("a", "answer", 0.9, ()))
+        rate_message(session, conversation, bot.id, "up", None)
+    with database.session() as session:
+        conversation = session.get_one(Conversation, cid)
+        rate_message(session, conversation, bot.id, "down", "wrong plan")
+        with pytest.raises(NotRateableError):
+            rate_message(session, conversation, question.id, "up", None)
+        with pytest.raises(MessageNotFoundError):
+            rate_message(session, session.get_one(Conversation, other), bot.id, "up", None)
+        context = turn_context(session, conversation, add_message(session, cid, "customer", "again"), 10)
+    assert context.thumbs_down == 1
+    assert context.history == (("customer", "q"), ("bot", "a"))
+
+
+def test_turn_context_knows_vip_members_and_the_queue(database: Database) -> None:
+    key = _key(database)
+    with database.session() as session:
+        upsert_customer(session, "M-1", name="山田", plan="gold", vip=True)
+    cid = _conversation(database, key, member_id="M-1")
+    waiting = _conversation(database, key, member_id="M-2")
+    with database.session() as session:
+        session.get_one(Conversation, waiting).status = "escalated"
+    with database.session() as session:
+        conversation = session.get_one(Conversation, cid)
+        earlier = [add_message(session, cid, "customer", f"m{i}") for i in range(5)]
+        context = turn_context(session, conversation, earlier[-1], limit=3)
+    assert context.vip is True and context.queue_length == 1
+    assert context.history == (("customer", "m1"), ("customer", "m2"), ("customer", "m3"))
+
+
+def test_customer_keys_see_only_their_own_conversations(database: Database) -> None:
+    mine, theirs, operator = _key(database), _key(database), _key(database, "operator")
+    cid = _conversation(database, mine)
+    with database.session() as session:
+        assert find_conversation(session, cid, mine).id == cid
+        assert find_conversation(session, cid, operator).id == cid
+        with pytest.raises(ConversationNotFoundError):
+            find_conversation(session, cid, theirs)
+        with pytest.raises(ConversationNotFoundError):
+            find_conversation(session, uuid.uuid4(), operator)
+
+
+def test_a_member_opening_two_conversations_is_one_customer(database: Database) -> None:
+    key = _key(database)
+    _conversation(database, key, member_id="M-7")
+    _conversation(database, key, member_id="M-7")
+    with database.session() as session:
+        assert session.scalar(text("SELECT count(*) FROM customers")) == 1
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file permissions")
+def test_sqlite_folder_is_created(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'a' / 'b' / 'm.db'}"
+    upgrade(url)
+    assert (tmp_path / "a" / "b" / "m.db").exists()

@@ -1,0 +1,89 @@
+"""``madoguchi serve`` and the composition root's own wiring: real processes, real files, no injection."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from fastapi.testclient import TestClient
+
+from assistant.api.app import create_app
+from assistant.db import upgrade
+from assistant.serve import ensure_index
+from assistant.settings import Settings
+from index.store import current_generation
+from tests.assistant.seams import free_port
+from tests.conftest import REPO, SMALL_KB, model_cache_dir
+
+
+def test_ensure_index_builds_once_from_the_configured_sources(tmp_path: Path, embedder: Any) -> None:
+    settings = Settings(home=tmp_path, kb_sources=[SMALL_KB])
+    ensure_index(settings, embedder)
+    first = current_generation(settings.index_dir)
+    ensure_index(settings, embedder)  # present: left alone
+    assert current_generation(settings.index_dir) == first
+
+
+def test_create_app_builds_its_services_from_settings(tmp_path: Path, index_dir: Path) -> None:
+    settings = Settings(home=tmp_path, index_dir=index_dir, cache_dir=model_cache_dir())
+    upgrade(settings)
+    with TestClient(create_app(settings)) as client:
+        health = client.get("/healthz").json()
+        assert health["status"] == "ok" and health["index_chunks"] and health["index_chunks"] > 0
+        page = client.get("/")
+        assert 'content="mdg_c_' in page.text  # the first start created the publishable widget key
+
+
+def test_madoguchi_serve_answers_from_a_fresh_home(tmp_path: Path) -> None:
+    port = free_port()
+    env = os.environ | {
+        "MADOGUCHI_HOME": str(tmp_path / "home"),
+        "MADOGUCHI_PORT": str(port),
+        "MADOGUCHI_KB_SOURCES": f'["{SMALL_KB}"]',
+        "MADOGUCHI_CACHE_DIR": str(model_cache_dir()),
+    }
+    log = tmp_path / "serve.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "assistant.cli", "serve"], cwd=REPO, env=env, stdout=out, stderr=out
+        )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait_until_healthy(base, process, log)
+        page = httpx.get(f"{base}/").text
+        widget_key = page.split('name="madoguchi-key" content="')[1].split('"')[0]
+        headers = {"Authorization": f"Bearer {widget_key}"}
+        cid = httpx.post(f"{base}/v1/conversations", json={"locale": "ja"}, headers=headers).json()["id"]
+        turn = httpx.post(
+            f"{base}/v1/conversations/{cid}/messages", json={"text": "開通のやり方を教えて"}, headers=headers
+        ).json()
+        assert turn["reply"]["decision"] == "answer"
+        assert turn["reply"]["citations"][0]["source_id"] == "sim-activation"
+        assert "created the first admin API key" in log.read_text()
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _wait_until_healthy(base: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 240  # first start: migrate, load the model, build the index
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"madoguchi serve exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"madoguchi serve did not become healthy:\n{log.read_text()}")

@@ -130,8 +130,9 @@ def training_features(
         queries += [questions[i].without(left_out) for i in order[fold::folds]]
         index = KnowledgeIndex.from_chunks(indexed, embedder)
         texts = [q.text for q in queries]
-        hits = index.search_many(texts, SEARCH_K)
-        assessed = EntryVectors.from_index(index).assess(texts, hits, embedder.embed_queries(texts))
+        vectors = embedder.embed_queries(texts)
+        hits = index.search_many(texts, SEARCH_K, query_vectors=vectors)
+        assessed = EntryVectors.from_index(index).assess(texts, hits, vectors)
         for q, a in zip(queries, assessed, strict=True):
             if a.features is None:
                 continue

@@ -161,8 +161,8 @@ class Responder:
         default: Language = "ja" if turn.locale.lower().startswith("ja") else "en"
         language = detect_language(turn.message, default=default)
         query = build_search_query(turn.history, turn.message)
-        raw_hits = self.index.search(query.text, self.search_k)
-        vector = self.index.embedder.embed_queries([query.text])
+        vector = self.index.embedder.embed_queries([query.text])  # once, for the search and the features
+        raw_hits = self.index.search(query.text, self.search_k, query_vector=vector)
         (assessment,) = self.entries.assess([query.text], [raw_hits], vector)
         confidence = self.confidence_model.probability(assessment.features) if assessment.features else 0.0
         signals = Signals(

@@ -172,22 +172,43 @@ class KnowledgeIndex:
         return None if i is None else self.chunks[i]
 
     def search(
-        self, query: str, k: int = 10, *, category: str | None = None, language: str | None = None
+        self,
+        query: str,
+        k: int = 10,
+        *,
+        category: str | None = None,
+        language: str | None = None,
+        query_vector: np.ndarray | None = None,
     ) -> list[SearchHit]:
-        """The top ``k`` chunks for a query, optionally restricted to a category and language."""
-        return self.search_many([query], k, category=category, language=language)[0]
+        """The top ``k`` chunks for a query, optionally restricted to a category and language.
+
+        ``query_vector``: the query's embedding when the caller already has it (it is not computed again).
+        """
+        vectors = None if query_vector is None else np.atleast_2d(query_vector)
+        return self.search_many([query], k, category=category, language=language, query_vectors=vectors)[0]
 
     def search_many(
-        self, queries: Sequence[str], k: int = 10, *, category: str | None = None, language: str | None = None
+        self,
+        queries: Sequence[str],
+        k: int = 10,
+        *,
+        category: str | None = None,
+        language: str | None = None,
+        query_vectors: np.ndarray | None = None,
     ) -> list[list[SearchHit]]:
-        """Search several queries with one batched query embedding."""
+        """Search several queries with one batched query embedding (or the given query vectors)."""
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k!r}")
         if not self.chunks or not queries:
             return [[] for _ in queries]
+        if query_vectors is not None and query_vectors.shape != (len(queries), self.embedder.dim):
+            raise ValueError(
+                f"query_vectors must have shape ({len(queries)}, {self.embedder.dim}), "
+                f"got {query_vectors.shape}"
+            )
         allowed = self._allowed(category, language)
-        qvecs = self.embedder.embed_queries(list(queries))
-        dense = self._dense(qvecs, allowed)
+        qvecs = self.embedder.embed_queries(list(queries)) if query_vectors is None else query_vectors
+        dense = self._dense(np.asarray(qvecs, dtype=np.float32), allowed)
         return [self._fuse(dense[i], self._sparse(q, allowed), k) for i, q in enumerate(queries)]
 
     def _allowed(self, category: str | None, language: str | None) -> np.ndarray | None:

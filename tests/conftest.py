@@ -44,3 +44,15 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"public evaluation data not found at {SHARED_DATA} (../shared/data is absent)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def cached_embedder(embedder):  # type: ignore[no-untyped-def]
+    """The default embedder behind the product's on-disk embedding cache (the one the CLI uses).
+
+    The quality tier embeds thousands of public-benchmark texts; like ``madoguchi eval``, it embeds each
+    text once per machine and reads it from the cache afterwards.
+    """
+    from index.cache import CachedEmbedder, EmbeddingCache
+
+    return CachedEmbedder(embedder, EmbeddingCache(model_cache_dir() / "embeddings.sqlite"))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -90,15 +89,11 @@ def test_run_on_a_small_intents_file(embedder: Any) -> None:
 
 
 @pytest.mark.quality
-def test_clinc150_meets_the_escalation_targets(embedder: Any) -> None:
+def test_clinc150_meets_the_escalation_targets(cached_embedder: Any) -> None:
     path = SHARED_DATA / "clinc150" / "data_full.json"
     if not path.is_file():
         pytest.skip(f"CLINC150 not found at {path} (../shared/data is absent)")
-    from index.cache import CachedEmbedder, EmbeddingCache
-
-    cache_dir = Path(os.environ.get("MADOGUCHI_CACHE_DIR", "~/.cache/madoguchi")).expanduser()
-    cached = CachedEmbedder(embedder, EmbeddingCache(cache_dir / "embeddings.sqlite"))
-    result = run_escalation_eval(path, cached, progress=False)
+    result = run_escalation_eval(path, cached_embedder, progress=False)
     assert result["answer_precision"] >= 0.95, result  # type: ignore[operator]
     assert result["oos_recall"] >= 0.85, result  # type: ignore[operator]
     assert result["in_scope_coverage"] >= 0.80, result  # type: ignore[operator]

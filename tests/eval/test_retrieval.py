@@ -87,10 +87,10 @@ def test_cli_prints_json_on_stdout_and_errors_clearly(tmp_path: Path) -> None:
 
 
 @pytest.mark.quality
-def test_localgovfaq_dev_hybrid_beats_each_retriever(shared_data: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+def test_localgovfaq_dev_hybrid_beats_each_retriever(shared_data: Path, cached_embedder) -> None:  # type: ignore[no-untyped-def]
     base = shared_data / "localgovfaq"
     data = load_retrieval_data(base / "corpus.json", base / "queries.dev.json", base / "qrels.dev.json")
-    results = run_retrieval(data, embedder, k=10, modes=["hybrid", "dense", "bm25"], progress=False)
+    results = run_retrieval(data, cached_embedder, k=10, modes=["hybrid", "dense", "bm25"], progress=False)
     assert results["bm25"]["recall@10"] > 0.55
     assert results["dense"]["recall@10"] > 0.62
     assert results["hybrid"]["recall@10"] > max(results["bm25"]["recall@10"], results["dense"]["recall@10"])

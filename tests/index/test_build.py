@@ -157,3 +157,14 @@ def test_a_killed_update_leaves_the_previous_index_usable(tmp_path: Path, kb: Pa
     report = build_index(directory, [kb], embedder, root=kb)  # the next writer finishes the job
     assert "manual:manuals/big" in set(report.added) | set(read_sources(directory))
     assert not list(directory.glob("gen-*.tmp"))
+
+
+def test_search_with_a_precomputed_query_vector_matches(tmp_path: Path, kb: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+    build_index(tmp_path / "idx", [kb], embedder, root=kb)
+    idx = load_index(tmp_path / "idx", embedder)
+    query = "支払い方法を変えたい"
+    vector = embedder.embed_queries([query])
+    plain = [(h.chunk.id, round(h.score, 6)) for h in idx.search(query, 5)]
+    assert [(h.chunk.id, round(h.score, 6)) for h in idx.search(query, 5, query_vector=vector)] == plain
+    with pytest.raises(ValueError, match="query_vectors must have shape"):
+        idx.search_many([query, "x"], 5, query_vectors=vector)

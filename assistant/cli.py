@@ -89,7 +89,8 @@ def _print_report(report: object) -> None:
     assert isinstance(report, UpdateReport)
     err.print(
         f"added {len(report.added)}, changed {len(report.changed)}, removed {len(report.removed)}, "
-        f"unchanged {report.unchanged}; embedded {report.embedded} new texts; "
+        f"unchanged {report.unchanged}; {report.embedded} texts new to the index (from the embedding cache "
+        f"where it had them); "
         f"{report.chunks} chunks, {report.vectors} vectors -> {report.generation}"
     )
 

@@ -177,7 +177,7 @@ def _apply(
             len(index.units),
             gen,
         )
-        log.info("index %s: %s", directory, report)
+        log.debug("index %s: %s", directory, report)
         return report
 
 

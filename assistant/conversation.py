@@ -11,14 +11,9 @@ import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
-from index.textja import terms
+from index.textja import detect_language, terms
 
-Language = Literal["ja", "en"]
-
-_JA_SCRIPT = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uff66-\uff9f]")
-_LATIN = re.compile(r"[A-Za-z]")
 # Words that point back at something said before (demonstratives, pronouns) or open a follow-up.
 _JA_ANAPHORA = (
     "それ", "その", "そちら", "そっち", "そこ", "これ", "この", "こちら", "あれ", "あの", "同じ",
@@ -46,16 +41,6 @@ class SearchQuery:
     text: str
     expanded: bool
     context: tuple[str, ...] = ()  # the earlier texts added to the message
-
-
-def detect_language(text: str, default: Language = "ja") -> Language:
-    """'ja' for Japanese script, 'en' for Latin letters, ``default`` when neither (「？」, "123")."""
-    text = unicodedata.normalize("NFKC", text)
-    if _JA_SCRIPT.search(text):
-        return "ja"
-    if _LATIN.search(text):
-        return "en"
-    return default
 
 
 def topic_terms(text: str) -> list[str]:

@@ -24,7 +24,7 @@ from assistant.answer import (
     handoff_message,
 )
 from assistant.confidence import ConfidenceModel, EntryVectors
-from assistant.conversation import Language, build_search_query, detect_language
+from assistant.conversation import build_search_query
 from assistant.escalate import (
     LLM_UNAVAILABLE,
     Availability,
@@ -37,6 +37,7 @@ from assistant.escalate import (
 from assistant.llm import ChatMessage, ChatModel, ChatModelError, LiteLLMChat
 from index.documents import SearchHit
 from index.search import KnowledgeIndex
+from index.textja import Language, detect_language
 from prompts import AnswerPrompts
 
 if TYPE_CHECKING:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from assistant.conversation import build_search_query, detect_language, is_follow_up
+from assistant.conversation import build_search_query, is_follow_up
+from index.textja import detect_language
 
 
 @pytest.mark.parametrize(

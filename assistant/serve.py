@@ -10,7 +10,7 @@ import logging
 import os
 from pathlib import Path
 
-from assistant.api.app import assemble_services, create_app
+from assistant.api.app import build_services, create_app
 from assistant.db import upgrade
 from assistant.settings import Settings
 from index.embed import Embedder
@@ -47,6 +47,12 @@ def serve(settings: Settings) -> None:
     upgrade(settings)
     embedder = load_embedder(settings.embedder, settings.cache_dir)
     ensure_index(settings, embedder)
-    app = create_app(settings, assemble_services(settings, embedder))
+    services = build_services(settings, embedder)
+    app = create_app(settings, services)
     log.info("serving on http://%s:%d (widget at /, API docs at /docs)", settings.host, settings.port)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)
+    try:
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)
+    finally:
+        for close in services.closers:
+            close()
+        services.database.dispose()

@@ -56,6 +56,9 @@ class ApiSettings(BaseModel):
     idempotency_lease_seconds: float = Field(default=120.0, gt=0)
     # How many earlier messages of the conversation a turn sees.
     history_messages: int = Field(default=12, ge=0)
+    # Embed the queries of concurrent turns in one model call (index.batching); 0 turns it off.
+    # bench/bench_api.py measures what it buys at 16 and 64 concurrent customers.
+    query_batch_size: int = Field(default=64, ge=0)
 
 
 class OperatorSettings(BaseModel):

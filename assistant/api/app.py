@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 from fastapi import FastAPI
@@ -42,11 +43,26 @@ def assemble_services(settings: Settings, embedder: Embedder) -> Services:
     return Services(settings=settings, database=database, responder=responder, index_chunks=len(index))
 
 
-def build_services(settings: Settings) -> Services:
-    """Everything from settings: the embedder first, then ``assemble_services``."""
+def build_services(settings: Settings, embedder: Embedder | None = None) -> Services:
+    """Everything from settings: the embedder (unless given), then ``assemble_services``.
+
+    Query embeddings of concurrent turns are batched into one model call unless
+    ``api.query_batch_size`` is 0; ``Services.closers`` stops the batcher's worker thread.
+    """
+    from index.batching import BatchingEmbedder
     from index.embed import load_embedder
 
-    return assemble_services(settings, load_embedder(settings.embedder, settings.cache_dir))
+    if embedder is None:
+        embedder = load_embedder(settings.embedder, settings.cache_dir)
+    if settings.api.query_batch_size == 0:
+        return assemble_services(settings, embedder)
+    batching = BatchingEmbedder(embedder, max_batch=settings.api.query_batch_size)
+    try:
+        services = assemble_services(settings, batching)
+    except BaseException:
+        batching.close()
+        raise
+    return replace(services, closers=(*services.closers, batching.close))
 
 
 def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
@@ -62,6 +78,8 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         finally:
             if services is None:
                 built.database.dispose()
+                for close in built.closers:
+                    close()
 
     app = FastAPI(
         title="Madoguchi",

@@ -36,6 +36,8 @@ class Services:
     clock: Callable[[], datetime] = utcnow
     # For /healthz: how many chunks the loaded index holds.
     index_chunks: int | None = None
+    # Called once when the app that built these services stops (e.g. the query batcher's worker).
+    closers: tuple[Callable[[], None], ...] = ()
 
 
 def get_services(request: Request) -> Services:

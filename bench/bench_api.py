@@ -1,0 +1,244 @@
+"""Customer turn latency and throughput over HTTP, against real ``madoguchi serve`` processes.
+
+What it measures, on the demo knowledge base (extractive answers, SQLite, one uvicorn process):
+- Baseline, in this process while the server idles: bare hybrid search (embed the query + search the
+  same index) p50/p95 on the same questions, and the embedder's batch throughput (64 queries a call).
+- Turn latency (POST /v1/conversations/{id}/messages, JSON) p50/p95 at 1, 16 and 64 concurrent
+  customers, each in its own conversation; the overhead ratio API p50 / bare search p50.
+- Throughput at the highest concurrency vs the embedder's batch throughput, with the cross-request
+  query batcher (``api.query_batch_size``, default 64) and, for comparison, without it (0).
+
+    .venv/bin/python -m bench.bench_api [--turns 200] [--concurrency 1,16,64] [--no-unbatched]
+
+The two cores are shared by the server and this client, so absolute numbers move with the machine's
+load; the ratios are measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from bench.corpus import REPO, percentile
+
+ADMIN_KEY = "bench-admin-key-0123456789abcdef"
+OFFLINE = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "RAGAS_DO_NOT_TRACK": "true",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+OUT_OF_SCOPE = ["近くの美味しいラーメン屋を教えて", "What's the weather in Osaka tomorrow?", "株価の見通しは？"]
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One load level's results."""
+
+    concurrency: int
+    latencies: list[float]  # seconds per turn
+    wall: float  # seconds for the whole phase
+    errors: int
+
+    @property
+    def throughput(self) -> float:
+        """Turns per second."""
+        return len(self.latencies) / self.wall
+
+
+def demo_questions() -> list[str]:
+    """Every question and variation of the demo FAQ, plus a few the base cannot answer."""
+    from index.documents import FaqEntry
+    from index.ingest import load_sources
+
+    docs = load_sources([REPO / "demo" / "kb"], root=REPO / "demo" / "kb")
+    faqs = [d.payload for d in docs if isinstance(d.payload, FaqEntry)]
+    questions = [q for f in faqs for q in (f.question, *f.variations)]
+    return questions + OUT_OF_SCOPE
+
+
+def free_port() -> int:
+    """An unused TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def env_for(home: Path, port: int, batch: int) -> dict[str, str]:
+    """The server's environment: its own home, a known admin key, batching on or off."""
+    return {
+        **os.environ,
+        **OFFLINE,
+        "MADOGUCHI_HOME": str(home),
+        "MADOGUCHI_PORT": str(port),
+        "MADOGUCHI_BOOTSTRAP_ADMIN_KEY": ADMIN_KEY,
+        "MADOGUCHI_DEMO_WIDGET_KEY": "false",
+        "MADOGUCHI_API__QUERY_BATCH_SIZE": str(batch),
+        "MADOGUCHI_LOG_LEVEL": "warning",
+    }
+
+
+def build_index(home: Path) -> None:
+    """Index the demo base into ``home`` with the CLI (cached embeddings make reruns quick)."""
+    subprocess.run(
+        [sys.executable, "-m", "assistant.cli", "index", "build"],
+        cwd=REPO, env=env_for(home, 0, 0), check=True, stdout=subprocess.DEVNULL,
+    )
+
+
+@contextmanager
+def server(home: Path, batch: int) -> Iterator[str]:
+    """A ``madoguchi serve`` process; yields its base URL once /healthz answers."""
+    port = free_port()
+    log = (home / f"serve-{port}.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "assistant.cli", "serve"], cwd=REPO, env=env_for(home, port, batch),
+        stdout=log, stderr=log,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            if process.poll() is not None:
+                sys.exit(f"madoguchi serve exited with {process.returncode}; see {log.name}")
+            try:
+                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                sys.exit("madoguchi serve did not become healthy in 300 s")
+            time.sleep(0.5)
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+def customer_key(base: str) -> str:
+    """A customer key with a rate limit the benchmark cannot hit."""
+    response = httpx.post(
+        f"{base}/v1/admin/api-keys",
+        json={"role": "customer", "name": "bench", "rate_limit": {"per_minute": 100_000, "burst": 10_000}},
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+    )
+    response.raise_for_status()
+    return str(response.json()["key"])
+
+
+async def run_phase(base: str, key: str, questions: list[str], concurrency: int, turns: int) -> Phase:
+    """``turns`` customer messages from ``concurrency`` customers at once, each in its own chat."""
+    headers = {"Authorization": f"Bearer {key}"}
+    latencies: list[float] = []
+    errors = 0
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits, timeout=120) as client:
+
+        async def customer(worker: int) -> None:
+            nonlocal errors
+            mine = range(worker, turns, concurrency)
+            created = await client.post("/v1/conversations", json={"locale": "ja"})
+            created.raise_for_status()
+            path = f"/v1/conversations/{created.json()['id']}/messages"
+            for n, i in enumerate(mine):
+                if n and n % 4 == 0:  # a new conversation every few turns, as real customers do
+                    created = await client.post("/v1/conversations", json={"locale": "ja"})
+                    path = f"/v1/conversations/{created.json()['id']}/messages"
+                start = time.perf_counter()
+                response = await client.post(path, json={"text": questions[i % len(questions)]})
+                latencies.append(time.perf_counter() - start)
+                errors += response.status_code != 200
+
+        start = time.perf_counter()
+        await asyncio.gather(*(customer(w) for w in range(concurrency)))
+        wall = time.perf_counter() - start
+    return Phase(concurrency, latencies, wall, errors)
+
+
+def baseline(home: Path, questions: list[str], batch: int = 64) -> tuple[list[float], float]:
+    """Bare hybrid search latencies (seconds) and the embedder's batch throughput (queries/s)."""
+    from assistant.settings import Settings
+    from index.embed import load_embedder
+    from index.store import load_index
+
+    settings = Settings(home=home)
+    embedder = load_embedder(settings.embedder, settings.cache_dir)
+    index = load_index(settings.index_dir, embedder)
+    for q in questions[:10]:  # warm up
+        index.search(q, 10, query_vector=embedder.embed_queries([q]))
+    latencies = []
+    for q in questions:
+        start = time.perf_counter()
+        index.search(q, 10, query_vector=embedder.embed_queries([q]))
+        latencies.append(time.perf_counter() - start)
+    texts = (questions * (1 + 4 * batch // len(questions)))[: 4 * batch]
+    start = time.perf_counter()
+    for i in range(0, len(texts), batch):
+        embedder.embed_queries(texts[i : i + batch])
+    return latencies, len(texts) / (time.perf_counter() - start)
+
+
+def ms(seconds: float) -> str:
+    """Seconds as milliseconds, one decimal."""
+    return f"{seconds * 1000:.1f} ms"
+
+
+def report(label: str, phase: Phase, search_p50: float, batch_qps: float) -> None:
+    """One line per phase: latency percentiles, ratio to bare search, throughput ratio."""
+    p50, p95 = percentile(phase.latencies, 50), percentile(phase.latencies, 95)
+    print(
+        f"{label} c={phase.concurrency:>2}: turns {len(phase.latencies)}, errors {phase.errors}, "
+        f"p50 {ms(p50)} ({p50 / search_p50:.2f}x bare search), p95 {ms(p95)}, "
+        f"throughput {phase.throughput:.1f} turns/s ({phase.throughput / batch_qps:.2f}x batch embedding)"
+    )
+
+
+def main() -> None:
+    """Parse options, build the demo index, measure the baseline, then each server and load level."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--turns", type=int, default=200, help="turns per load level")
+    parser.add_argument("--concurrency", default="1,16,64", help="comma-separated concurrent customers")
+    parser.add_argument("--no-unbatched", action="store_true", help="skip the server without batching")
+    args = parser.parse_args()
+    levels = [int(c) for c in args.concurrency.split(",")]
+    if args.turns < 1 or any(c < 1 for c in levels):
+        parser.error(f"--turns and --concurrency must be positive, got {args.turns} and {args.concurrency}")
+    questions = demo_questions()
+    with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp:
+        home = Path(tmp)
+        build_index(home)
+        search, batch_qps = baseline(home, questions)
+        search_p50 = percentile(search, 50)
+        print(f"baseline: bare hybrid search p50 {ms(search_p50)}, p95 {ms(percentile(search, 95))} "
+              f"({len(search)} questions); embedder batch-64 throughput {batch_qps:.1f} queries/s")
+        runs = [("batched", 64)] + ([] if args.no_unbatched else [("unbatched", 0)])
+        for label, batch in runs:
+            with server(home, batch) as base:
+                key = customer_key(base)
+                asyncio.run(run_phase(base, key, questions, 4, 16))  # warm up
+                for level in levels if label == "batched" else levels[-1:]:
+                    phase = asyncio.run(run_phase(base, key, questions, level, max(args.turns, 2 * level)))
+                    report(label, phase, search_p50, batch_qps)
+
+
+if __name__ == "__main__":
+    main()

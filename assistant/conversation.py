@@ -28,6 +28,8 @@ _GENERIC_TERMS = {
     "いくら", "幾ら", "いつ", "何時", "どこ", "何処", "だれ", "誰", "どれ", "何れ", "なぜ", "何故", "出来る",
     "教える", "分かる", "知る", "良い", "いい", "ある", "ない", "無い", "いる", "要る", "掛かる", "かかる",
     "much", "many", "long", "cost", "price", "work", "need", "get", "tell", "know", "take", "possible",
+    # Money words ask about something named before: 「料金はいくらですか」 after 「海外で使えますか」.
+    "料金", "値段", "費用", "手数料", "金額", "fee", "fees", "charge", "charges",
 }
 # A follow-up is short: at most this many characters (Japanese) or words (English).
 _MAX_FOLLOW_UP_CHARS = 25

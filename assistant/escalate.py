@@ -5,8 +5,14 @@ clock, no database, no model) and returns a ``Decision`` with stable reason code
 decision can be stored, explained and replayed in evaluation.
 
 Reason codes: ``human_requested``, ``low_confidence``, ``sensitive_topic:<name>``,
-``repeated_failure``, ``negative_feedback``, ``frustration``, ``vip``, ``outside_hours``,
-``queue_full``, ``llm_unavailable``, ``ambiguous``.
+``repeated_failure``, ``unanswered_follow_up``, ``negative_feedback``, ``frustration``, ``vip``,
+``outside_hours``, ``queue_full``, ``llm_unavailable``, ``ambiguous``.
+
+A follow-up (「それはいつできますか」 right after an answer) is searched together with the earlier
+question, so it finds the entry just answered from, with the earlier question's confidence. When that
+entry is again the best, its answer did not say what the customer now asks: sending it again would be
+a confident non-answer, and answering from the next entry risks a neighbour's facts (the eSIM fee for
+a SIM card), so a person takes over (``unanswered_follow_up``).
 
 When a human is wanted but none can take the conversation now (outside business hours, nobody on
 shift, or the queue at capacity), the bot still answers when it is confident and the customer did not
@@ -33,6 +39,7 @@ HUMAN_REQUESTED = "human_requested"
 LOW_CONFIDENCE = "low_confidence"
 SENSITIVE_TOPIC = "sensitive_topic"
 REPEATED_FAILURE = "repeated_failure"
+UNANSWERED_FOLLOW_UP = "unanswered_follow_up"
 NEGATIVE_FEEDBACK = "negative_feedback"
 FRUSTRATION = "frustration"
 VIP = "vip"
@@ -222,6 +229,8 @@ class Signals:
     llm_failed: bool = False
     clarified_last_turn: bool = False
     threshold: float | None = None  # the confidence artifact's threshold, if config has none
+    # The entry of the bot's previous answer, when this message is a follow-up to it.
+    follow_up_of: str | None = None
 
 
 @dataclass(frozen=True)
@@ -291,6 +300,8 @@ class EscalationPolicy:
         reasons.extend(f"{SENSITIVE_TOPIC}:{name}" for name in self.sensitive_topics(text))
         if self.is_repeated_failure(signals, text):
             reasons.append(REPEATED_FAILURE)
+        elif self.is_unanswered_follow_up(signals):
+            reasons.append(UNANSWERED_FOLLOW_UP)
         if signals.thumbs_down >= self.config.negative_feedback_limit:
             reasons.append(NEGATIVE_FEEDBACK)
         if self.is_frustrated(signals, text):
@@ -319,6 +330,11 @@ class EscalationPolicy:
             return True
         # Sending the same words again ("hello?" twice is not insistence, so short ones do not count).
         return self._repeats_earlier_message(signals, text)
+
+    def is_unanswered_follow_up(self, signals: Signals) -> bool:
+        """A follow-up whose best entry is the one the bot just answered from (see the module doc)."""
+        top = signals.candidates[0].source_id if signals.candidates else None
+        return signals.follow_up_of is not None and top == signals.follow_up_of
 
     def is_repeated_failure(self, signals: Signals, text: str) -> bool:
         """The customer asks again what the bot already answered: the answer did not help.

@@ -59,7 +59,8 @@ class TurnInput:
     locale: str = "ja"
     availability: Availability = field(default_factory=Availability)
     thumbs_down: int = 0
-    answered_sources: tuple[str, ...] = ()  # entries the bot answered from earlier in the conversation
+    # Entries the bot answered from earlier in the conversation, the most recent last.
+    answered_sources: tuple[str, ...] = ()
     last_decision: str | None = None  # the decision of the bot's previous reply, if any
 
 
@@ -177,6 +178,7 @@ class Responder:
             vip=turn.vip,
             availability=turn.availability,
             clarified_last_turn=turn.last_decision == "clarify",
+            follow_up_of=_followed_up_source(turn, query.expanded),
             threshold=self.confidence_model.threshold,
         )
         decision = self.policy.decide(signals)
@@ -228,6 +230,13 @@ class Responder:
         system = self.prompts.system.render(language=plan.language, company=self.company, max_sentences=4)
         user = self.prompts.user.render(passages=passages, history=history, question=turn.message)
         return [ChatMessage("system", system), ChatMessage("user", user)]
+
+
+def _followed_up_source(turn: TurnInput, expanded: bool) -> str | None:
+    """The entry the bot answered from just before, when this message follows up on that answer."""
+    if expanded and turn.last_decision == "answer" and turn.answered_sources:
+        return turn.answered_sources[-1]
+    return None
 
 
 def _distinct_sources(hits: Sequence[SearchHit]) -> list[SearchHit]:

@@ -254,7 +254,8 @@ def turn_context(session: Session, conversation: Conversation, message: Message,
 
 def _answered_sources(bot_replies: Sequence[Any]) -> tuple[str, ...]:
     sources = [c["source_id"] for r in bot_replies if r.decision == "answer" for c in (r.citations or [])[:1]]
-    return tuple(dict.fromkeys(sources))
+    # Each source once, at the place of its latest answer: the last one is the most recent.
+    return tuple(reversed(dict.fromkeys(reversed(sources))))
 
 
 def messages_of(session: Session, conversation_id: uuid.UUID) -> Sequence[Message]:

@@ -150,6 +150,19 @@ def test_a_new_question_after_an_answer_is_not_a_failure() -> None:
     assert d.decision == "answer"
 
 
+def test_a_follow_up_that_finds_the_entry_just_answered_goes_to_a_person() -> None:
+    # 「それはいつできますか」 after the plan answer: searched with the earlier question, the plan entry
+    # is best again, so its answer (already sent) does not say what is asked now.
+    again = POLICY.decide(signals("それはいつできますか", confidence=0.99, follow_up_of="faq-plan"))
+    assert (again.decision, again.reasons) == ("escalate", ("unanswered_follow_up",))
+    # A follow-up that finds another entry is answered as usual.
+    other = POLICY.decide(signals("それはいくらですか", confidence=0.9, follow_up_of="faq-sim"))
+    assert (other.decision, other.reasons) == ("answer", ())
+    # Outside hours nobody can take it: the confident answer is given, with the reasons recorded.
+    night = POLICY.decide(signals("それはいつできますか", confidence=0.99, follow_up_of="faq-plan", now=NIGHT))
+    assert night.decision == "answer" and night.reasons == ("unanswered_follow_up", "outside_hours")
+
+
 def test_two_thumbs_down_escalate() -> None:
     assert POLICY.decide(signals(thumbs_down=1)).decision == "answer"
     d = POLICY.decide(signals(thumbs_down=2))

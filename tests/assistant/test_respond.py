@@ -87,6 +87,19 @@ def test_a_follow_up_is_searched_with_the_earlier_question(index: KnowledgeIndex
     assert reply.hit_ids[0] in ("faq:roaming-charges", "faq:roaming-setup")
 
 
+def test_a_follow_up_the_last_answer_did_not_cover_is_handed_over(index: KnowledgeIndex) -> None:
+    first = responder(index).respond(turn("海外ローミングの料金はいくらですか？"))
+    assert first.decision == "answer" and first.citations[0].source_id == "roaming-charges"
+    history = (("customer", "海外ローミングの料金はいくらですか？"), ("bot", first.text))
+    follow = responder(index).respond(
+        turn("それはどこで設定しますか", history, answered_sources=("roaming-charges",), last_decision="answer")
+    )
+    assert follow.search_query.startswith("海外ローミングの料金はいくらですか？")
+    # Not the same answer again at the first question's confidence: a person takes it.
+    assert (follow.decision, follow.reasons) == ("escalate", ("unanswered_follow_up",))
+    assert follow.citations == ()
+
+
 def test_an_off_topic_question_is_handed_over_never_answered(index: KnowledgeIndex) -> None:
     reply = responder(index).respond(turn("おいしいカレーの作り方を教えて"))
     assert (reply.decision, reply.reasons) == ("escalate", ("low_confidence",))

@@ -59,6 +59,16 @@ class ApiSettings(BaseModel):
     # Embed the queries of concurrent turns in one model call (index.batching); 0 turns it off.
     # bench/bench_api.py measures what it buys at 16 and 64 concurrent customers.
     query_batch_size: int = Field(default=64, ge=0)
+    # Share per-key rate limits between replicas through this Redis (e.g. redis://127.0.0.1:6379/0);
+    # unset: each process keeps its own buckets, right for a single replica.
+    redis_url: str | None = None
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"api.redis_url must be a redis://, rediss:// or unix:// URL, got {value!r}")
+        return value
 
 
 class OperatorSettings(BaseModel):

@@ -23,6 +23,7 @@ from assistant.api.bodylimit import BodyLimitMiddleware
 from assistant.api.deps import Services
 from assistant.api.errors import install_error_handlers
 from assistant.api.pages import WEB_DIR
+from assistant.api.ratelimit import build_limiter
 from assistant.db import Database
 from assistant.keys import bootstrap_keys
 from assistant.settings import Settings
@@ -40,7 +41,13 @@ def assemble_services(settings: Settings, embedder: Embedder) -> Services:
     responder = Responder.from_settings(settings, index)
     log.info("loaded index %s (%d chunks) with %s", settings.index_dir, len(index), embedder.name)
     database = Database.connect(settings.database_url)
-    return Services(settings=settings, database=database, responder=responder, index_chunks=len(index))
+    return Services(
+        settings=settings,
+        database=database,
+        responder=responder,
+        index_chunks=len(index),
+        limiter=build_limiter(settings),
+    )
 
 
 def build_services(settings: Settings, embedder: Embedder | None = None) -> Services:

@@ -15,7 +15,7 @@ from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from assistant.api.errors import ForbiddenRoleError, RateLimitedError, UnauthenticatedError
-from assistant.api.ratelimit import TokenBucketLimiter
+from assistant.api.ratelimit import RateLimiter, TokenBucketLimiter
 from assistant.db import Database
 from assistant.keys import KeyInfo, find_key
 from assistant.models import KeyRole, utcnow
@@ -32,7 +32,7 @@ class Services:
     settings: Settings
     database: Database
     responder: Responder
-    limiter: TokenBucketLimiter = field(default_factory=TokenBucketLimiter)
+    limiter: RateLimiter = field(default_factory=TokenBucketLimiter)
     clock: Callable[[], datetime] = utcnow
     # For /healthz: how many chunks the loaded index holds.
     index_chunks: int | None = None

@@ -51,7 +51,9 @@ def serve(settings: Settings) -> None:
     app = create_app(settings, services)
     log.info("serving on http://%s:%d (widget at /, API docs at /docs)", settings.host, settings.port)
     try:
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)
+        uvicorn.run(
+            app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False
+        )
     finally:
         for close in services.closers:
             close()

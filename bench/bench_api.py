@@ -43,7 +43,11 @@ OFFLINE = {
     "RAGAS_DO_NOT_TRACK": "true",
     "TOKENIZERS_PARALLELISM": "false",
 }
-OUT_OF_SCOPE = ["近くの美味しいラーメン屋を教えて", "What's the weather in Osaka tomorrow?", "株価の見通しは？"]
+OUT_OF_SCOPE = [
+    "近くの美味しいラーメン屋を教えて",
+    "What's the weather in Osaka tomorrow?",
+    "株価の見通しは？",
+]
 
 
 @dataclass(frozen=True)
@@ -97,7 +101,10 @@ def build_index(home: Path) -> None:
     """Index the demo base into ``home`` with the CLI (cached embeddings make reruns quick)."""
     subprocess.run(
         [sys.executable, "-m", "assistant.cli", "index", "build"],
-        cwd=REPO, env=env_for(home, 0, 0), check=True, stdout=subprocess.DEVNULL,
+        cwd=REPO,
+        env=env_for(home, 0, 0),
+        check=True,
+        stdout=subprocess.DEVNULL,
     )
 
 
@@ -107,8 +114,11 @@ def server(home: Path, batch: int) -> Iterator[str]:
     port = free_port()
     log = (home / f"serve-{port}.log").open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "assistant.cli", "serve"], cwd=REPO, env=env_for(home, port, batch),
-        stdout=log, stderr=log,
+        [sys.executable, "-m", "assistant.cli", "serve"],
+        cwd=REPO,
+        env=env_for(home, port, batch),
+        stdout=log,
+        stderr=log,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -228,8 +238,10 @@ def main() -> None:
         build_index(home)
         search, batch_qps = baseline(home, questions)
         search_p50 = percentile(search, 50)
-        print(f"baseline: bare hybrid search p50 {ms(search_p50)}, p95 {ms(percentile(search, 95))} "
-              f"({len(search)} questions); embedder batch-64 throughput {batch_qps:.1f} queries/s")
+        print(
+            f"baseline: bare hybrid search p50 {ms(search_p50)}, p95 {ms(percentile(search, 95))} "
+            f"({len(search)} questions); embedder batch-64 throughput {batch_qps:.1f} queries/s"
+        )
         runs = [("batched", 64)] + ([] if args.no_unbatched else [("unbatched", 0)])
         for label, batch in runs:
             with server(home, batch) as base:

@@ -132,7 +132,7 @@ class BatchingEmbedder:
         texts = [t for request in batch for t in request.texts]
         try:
             vectors = self.inner.embed_queries(texts)
-        except BaseException as exc:  # handed to every waiting caller; the worker keeps serving
+        except BaseException as exc:  # noqa: BLE001 -- a thread boundary: every waiting caller gets it
             for request in batch:
                 request.future.set_exception(exc)
             return

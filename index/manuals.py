@@ -134,16 +134,21 @@ def _html_sections(html: str, fallback_title: str) -> tuple[str, list[Section]]:
             while path_stack and path_stack[-1][0] >= level:
                 path_stack.pop()
             path_stack.append((level, normalize(el.get_text(" ", strip=True))))
-        elif name == "tr":
-            cells = [c.get_text(" ", strip=True) for c in el.find_all(["th", "td"])]
-            if any(cells):
-                buf.append(" | ".join(cells))
         else:
-            text = el.get_text(" ", strip=True)
+            text = _block_text(el, name)
             if text:
-                buf.append(("・" if name == "li" else "") + text)
+                buf.append(text)
     flush()
     return title, [_with_title(s, title) for s in sections]
+
+
+def _block_text(el: Tag, name: str) -> str:
+    """A block's text: a table row's cells joined by " | ", a list item bulleted, else its text."""
+    if name == "tr":
+        cells = [c.get_text(" ", strip=True) for c in el.find_all(["th", "td"])]
+        return " | ".join(cells) if any(cells) else ""
+    text = el.get_text(" ", strip=True)
+    return ("・" if name == "li" and text else "") + text
 
 
 def _text_sections(text: str, fallback_title: str) -> tuple[str, list[Section]]:

@@ -44,5 +44,7 @@ def test_nobody_imports_the_eval_package_bare() -> None:
         if ".venv" in f.parts:
             continue
         tree = ast.parse(f.read_text(encoding="utf-8"))
-        bare = [n for n in ast.walk(tree) if isinstance(n, ast.Import) and any(a.name == "eval" for a in n.names)]
+        bare = [
+            n for n in ast.walk(tree) if isinstance(n, ast.Import) and any(a.name == "eval" for a in n.names)
+        ]
         assert not bare, f"{f}: `import eval` shadows the builtin; use `from eval.x import y`"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import date, datetime, time, timezone
+from datetime import UTC, date, datetime, time
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -123,16 +123,22 @@ def test_sending_the_same_message_again_is_frustration_but_short_ones_are_not() 
 
 def test_repeating_a_question_the_bot_answered_is_also_a_repeated_failure() -> None:
     d = POLICY.decide(
-        signals("SIMカードが届かないのですが", previous_messages=("SIMカードが届かないのですが。",),
-                answered_sources=("faq-sim",))
+        signals(
+            "SIMカードが届かないのですが",
+            previous_messages=("SIMカードが届かないのですが。",),
+            answered_sources=("faq-sim",),
+        )
     )
     assert d.reasons == ("repeated_failure", "frustration")
 
 
 def test_rephrasing_an_answered_question_is_a_repeated_failure() -> None:
     d = POLICY.decide(
-        signals("料金プランの変更をしたい", previous_messages=("料金プランを変更したいです",),
-                answered_sources=("faq-plan",))
+        signals(
+            "料金プランの変更をしたい",
+            previous_messages=("料金プランを変更したいです",),
+            answered_sources=("faq-plan",),
+        )
     )
     assert d.decision == "escalate"
     assert d.reasons == ("repeated_failure",)
@@ -141,8 +147,12 @@ def test_rephrasing_an_answered_question_is_a_repeated_failure() -> None:
 def test_a_new_question_after_an_answer_is_not_a_failure() -> None:
     other = (Candidate("faq-roaming", 0.95, "roaming"), Candidate("faq-plan", 0.9, "plans"))
     d = POLICY.decide(
-        signals("海外で使えますか", previous_messages=("料金プランを変更したいです",),
-                answered_sources=("faq-plan",), candidates=other)
+        signals(
+            "海外で使えますか",
+            previous_messages=("料金プランを変更したいです",),
+            answered_sources=("faq-plan",),
+            candidates=other,
+        )
     )
     assert d.decision == "answer"
     # A similar message whose best entry was never answered is a new question too.
@@ -159,7 +169,9 @@ def test_a_follow_up_that_finds_the_entry_just_answered_goes_to_a_person() -> No
     other = POLICY.decide(signals("それはいくらですか", confidence=0.9, follow_up_of="faq-sim"))
     assert (other.decision, other.reasons) == ("answer", ())
     # Outside hours nobody can take it: the confident answer is given, with the reasons recorded.
-    night = POLICY.decide(signals("それはいつできますか", confidence=0.99, follow_up_of="faq-plan", now=NIGHT))
+    night = POLICY.decide(
+        signals("それはいつできますか", confidence=0.99, follow_up_of="faq-plan", now=NIGHT)
+    )
     assert night.decision == "answer" and night.reasons == ("unanswered_follow_up", "outside_hours")
 
 
@@ -207,7 +219,7 @@ def test_business_hours_weekends_holidays_and_time_zones() -> None:
     assert not hours.is_open(datetime(2025, 6, 7, 11, 0, tzinfo=TOKYO))  # Saturday
     assert not hours.is_open(datetime(2025, 6, 5, 11, 0, tzinfo=TOKYO))  # closed date
     assert not hours.is_open(datetime(2025, 6, 4, 18, 0, tzinfo=TOKYO))  # closing time is exclusive
-    assert hours.is_open(datetime(2025, 6, 4, 2, 0, tzinfo=timezone.utc))  # 11:00 in Tokyo
+    assert hours.is_open(datetime(2025, 6, 4, 2, 0, tzinfo=UTC))  # 11:00 in Tokyo
     assert hours.is_open(datetime(2025, 6, 4, 9, 0))  # naive = desk-local
     assert BusinessHours(open=time(0, 0), close=time(23, 59), weekdays=[1, 2, 3, 4, 5, 6, 7]).is_open(NIGHT)
 

@@ -92,7 +92,9 @@ def test_a_follow_up_the_last_answer_did_not_cover_is_handed_over(index: Knowled
     assert first.decision == "answer" and first.citations[0].source_id == "roaming-charges"
     history = (("customer", "海外ローミングの料金はいくらですか？"), ("bot", first.text))
     follow = responder(index).respond(
-        turn("それはどこで設定しますか", history, answered_sources=("roaming-charges",), last_decision="answer")
+        turn(
+            "それはどこで設定しますか", history, answered_sources=("roaming-charges",), last_decision="answer"
+        )
     )
     assert follow.search_query.startswith("海外ローミングの料金はいくらですか？")
     # Not the same answer again at the first question's confidence: a person takes it.

@@ -40,15 +40,23 @@ def _write(tmp: Path, corpus: object, queries: object, qrels: object) -> tuple[P
 
 
 SMALL = {
-    "d1": "Question: 住民票の写しを取りたい\nAnswer: 市役所の窓口かコンビニで取得できます。手数料は300円です。",
-    "d2": "Question: ごみの出し方を知りたい\nAnswer: 燃えるごみは月曜と木曜の朝8時までに出してください。",
-    "d3": "Question: 犬の登録はどこでしますか\nAnswer: 保健所で登録してください。狂犬病の予防注射も必要です。",
+    "d1": "Question: 住民票の写しを取りたい\nAnswer: 市役所の窓口かコンビニで取得できます。"
+    "手数料は300円です。",
+    "d2": "Question: ごみの出し方を知りたい\nAnswer: 燃えるごみは月曜と木曜の朝8時までに"
+    "出してください。",
+    "d3": "Question: 犬の登録はどこでしますか\nAnswer: 保健所で登録してください。"
+    "狂犬病の予防注射も必要です。",
     "d4": "Question: How do I pay my water bill?\nAnswer: Pay at a convenience store or by bank transfer.",
 }
 
 
 def test_run_retrieval_on_a_small_set(tmp_path: Path, embedder) -> None:  # type: ignore[no-untyped-def]
-    queries = {"q1": "住民票はどこでもらえる？", "q2": "ゴミはいつ出せばいい", "q3": "water bill payment", "q4": "犬を飼い始めた"}
+    queries = {
+        "q1": "住民票はどこでもらえる？",
+        "q2": "ゴミはいつ出せばいい",
+        "q3": "water bill payment",
+        "q4": "犬を飼い始めた",
+    }
     qrels = {"q1": {"d1": 2}, "q2": {"d2": 2}, "q3": {"d4": 1}, "q4": {"d3": 2}}
     data = load_retrieval_data(*_write(tmp_path, SMALL, queries, qrels))
     results = run_retrieval(data, embedder, k=1, modes=["hybrid", "dense", "bm25"], progress=False)
@@ -68,21 +76,42 @@ def test_run_retrieval_on_a_small_set(tmp_path: Path, embedder) -> None:  # type
         (SMALL, {"q": "x"}, {"other": {"d1": 1}}, "no qrels entry matches"),
     ],
 )
-def test_bad_data_is_rejected(tmp_path: Path, corpus: object, queries: object, qrels: object, message: str) -> None:
+def test_bad_data_is_rejected(
+    tmp_path: Path, corpus: object, queries: object, qrels: object, message: str
+) -> None:
     with pytest.raises(RetrievalDataError, match=message):
         load_retrieval_data(*_write(tmp_path, corpus, queries, qrels))
 
 
 def test_cli_prints_json_on_stdout_and_errors_clearly(tmp_path: Path) -> None:
     c, q, r = _write(tmp_path, SMALL, {"q1": "住民票"}, {"q1": {"d1": 2}})
-    cmd = [sys.executable, "-m", "assistant.cli", "eval", "retrieval", "--corpus", str(c), "--queries", str(q),
-           "--qrels", str(r), "--k", "3", "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "assistant.cli",
+        "eval",
+        "retrieval",
+        "--corpus",
+        str(c),
+        "--queries",
+        str(q),
+        "--qrels",
+        str(r),
+        "--k",
+        "3",
+        "--json",
+        "--no-track",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert set(out) == {"recall@3", "ndcg@3", "mrr@3", "hit@3", "queries"} and out["recall@3"] == 1.0
-    bad = subprocess.run([*cmd[:5], "--corpus", str(tmp_path / "missing.json"), *cmd[7:]],
-                         capture_output=True, text=True, timeout=600)
+    bad = subprocess.run(
+        [*cmd[:5], "--corpus", str(tmp_path / "missing.json"), *cmd[7:]],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert bad.returncode == 2 and "corpus file not found" in bad.stderr and bad.stdout == ""
 
 

@@ -15,7 +15,12 @@ import pytest
 
 from index.build import add_documents, build_index, remove_documents
 from index.store import (
-    IndexMismatchError, IndexNotFoundError, current_generation, load_index, read_manifest, read_sources,
+    IndexMismatchError,
+    IndexNotFoundError,
+    current_generation,
+    load_index,
+    read_manifest,
+    read_sources,
 )
 from tests.conftest import SMALL_KB
 
@@ -66,17 +71,24 @@ def test_updates_are_incremental(tmp_path: Path, kb: Path, embedder) -> None:  #
     assert again.embedded == 0 and again.unchanged == len(first.added) and not again.changed
 
     faq = kb / "faq.yaml"
-    faq.write_text(faq.read_text(encoding="utf-8").replace(
-        "    - 開通のやり方を教えて\n", "    - 開通のやり方を教えて\n    - SIMを有効にしたい\n"), encoding="utf-8")
+    faq.write_text(
+        faq.read_text(encoding="utf-8").replace(
+            "    - 開通のやり方を教えて\n", "    - 開通のやり方を教えて\n    - SIMを有効にしたい\n"
+        ),
+        encoding="utf-8",
+    )
     report = build_index(directory, [kb], embedder, root=kb)
     assert report.changed == ("sim-activation",) and report.embedded == 1  # only the new variation
     idx = load_index(directory, embedder)
     assert idx.search("SIMを有効にしたい", 1)[0].question_score == pytest.approx(1.0, abs=1e-3)
 
     guide = kb / "manuals" / "apn-guide.md"
-    guide.write_text(guide.read_text(encoding="utf-8").replace("端末を再起動してください。",
-                                                               "端末を再起動してください。SIMの抜き差しも試してください。"),
-                     encoding="utf-8")
+    guide.write_text(
+        guide.read_text(encoding="utf-8").replace(
+            "端末を再起動してください。", "端末を再起動してください。SIMの抜き差しも試してください。"
+        ),
+        encoding="utf-8",
+    )
     report = build_index(directory, [kb], embedder, root=kb)
     # One section changed: its piece's whole text and body are embedded again, its heading is not.
     assert report.changed == ("manual:manuals/apn-guide",) and report.embedded == 2
@@ -85,7 +97,9 @@ def test_updates_are_incremental(tmp_path: Path, kb: Path, embedder) -> None:  #
     report = build_index(directory, [kb], embedder, root=kb)
     assert set(report.removed) == {"pay-method", "receipt"} and report.embedded == 0
     assert "pay-method" not in read_sources(directory)
-    assert all(h.chunk.source_id != "pay-method" for h in load_index(directory, embedder).search("支払い方法", 10))
+    assert all(
+        h.chunk.source_id != "pay-method" for h in load_index(directory, embedder).search("支払い方法", 10)
+    )
 
 
 def test_add_and_remove_keep_other_documents(tmp_path: Path, kb: Path, embedder) -> None:  # type: ignore[no-untyped-def]
@@ -95,7 +109,13 @@ def test_add_and_remove_keep_other_documents(tmp_path: Path, kb: Path, embedder)
     assert set(report.added) == {"pay-method", "receipt"} and report.unchanged == 4
     report = remove_documents(directory, ["cancel-en"], embedder)
     assert report.removed == ("cancel-en",)
-    assert set(read_sources(directory)) == {"sim-activation", "apn-android", "cancel", "pay-method", "receipt"}
+    assert set(read_sources(directory)) == {
+        "sim-activation",
+        "apn-android",
+        "cancel",
+        "pay-method",
+        "receipt",
+    }
     with pytest.raises(KeyError, match="no-such-id"):
         remove_documents(directory, ["no-such-id"], embedder)
 
@@ -139,12 +159,19 @@ def test_a_killed_update_leaves_the_previous_index_usable(tmp_path: Path, kb: Pa
     before = current_generation(directory)
     # A bigger update for the writer to be killed in the middle of: 300 new manual paragraphs.
     big = kb / "manuals" / "big.md"
-    big.write_text("# 大きな手引き\n" + "".join(f"## 節{i}\n手順{i}の説明です。設定を確認します。\n" for i in range(300)),
-                   encoding="utf-8")
+    big.write_text(
+        "# 大きな手引き\n"
+        + "".join(f"## 節{i}\n手順{i}の説明です。設定を確認します。\n" for i in range(300)),
+        encoding="utf-8",
+    )
     env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     for delay in (0.5, 2.0):
-        proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(directory), str(kb)], env=env,
-                                stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _WRITER, str(directory), str(kb)],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)

@@ -23,7 +23,9 @@ def test_faq_entries_stay_whole_and_chunks_carry_metadata() -> None:
     assert manual and all(c.heading_path[0] == "APN設定ガイド" for c in manual)
     assert all(c.url == "https://help.soramobile.example/manual/apn" for c in manual)
     assert len({c.id for c in chunks}) == len(chunks)
-    assert "APN設定ガイド > Androidの場合" in embed_text(next(c for c in manual if "Android" in c.heading_path[-1]))
+    assert "APN設定ガイド > Androidの場合" in embed_text(
+        next(c for c in manual if "Android" in c.heading_path[-1])
+    )
 
 
 def _manual(text: str) -> SourceDoc:
@@ -47,7 +49,8 @@ def test_manual_sections_are_cut_at_sentence_ends_with_overlap() -> None:
 def test_chunk_ids_are_stable_when_another_section_changes() -> None:
     def doc(first: str) -> SourceDoc:
         return manual_source(
-            Manual("manual:t", "T", (Section(("T", "A"), first), Section(("T", "B"), "変わらない文です。"))), "t.md"
+            Manual("manual:t", "T", (Section(("T", "A"), first), Section(("T", "B"), "変わらない文です。"))),
+            "t.md",
         )
 
     before = {c.id: c.text for c in chunk_documents([doc("最初の文です。")])}

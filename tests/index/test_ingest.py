@@ -60,7 +60,9 @@ def test_jsonl_and_markdown_faq(tmp_path: Path) -> None:
     docs = {d.id: d.payload for d in load_sources([tmp_path])}
     assert set(docs) == {"x1", "x2", "five-g", "faq-extra-2"}
     five = docs["five-g"]
-    assert isinstance(five, FaqEntry) and five.variations == ("5G対応", "5Gエリア") and five.category == "通信"
+    assert (
+        isinstance(five, FaqEntry) and five.variations == ("5G対応", "5Gエリア") and five.category == "通信"
+    )
     assert five.answer == "はい、5G対応端末で追加料金なしで使えます。"
 
 
@@ -88,8 +90,12 @@ def _error_for(tmp_path: Path, name: str, content: bytes | str) -> IngestError:
         ("rows.csv", "id,question,answer\na,Q1,A1\nb,Q2\n", 3, "non-empty question and answer"),
         ("extra.csv", "id,question,answer\na,Q1,A1,oops\n", 2, "fields"),
         ("nohead.csv", "id,text\na,hello\n", 1, "lacks column"),
-        ("dup.jsonl", '{"id":"a","question":"Q","answer":"A"}\n{"id":"a","question":"Q2","answer":"B"}\n', 2,
-         "duplicate id"),
+        (
+            "dup.jsonl",
+            '{"id":"a","question":"Q","answer":"A"}\n{"id":"a","question":"Q2","answer":"B"}\n',
+            2,
+            "duplicate id",
+        ),
         ("bad.jsonl", '{"id":"a","question":"Q","answer":"A"}\n{"id": oops}\n', 2, "invalid JSON"),
         ("bad.yaml", "- id: a\n  question: Q\n  answer: [unclosed\n", None, "invalid YAML"),
         ("noid.yaml", "- question: Q\n  answer: A\n- id: b\n  question: Q\n", 1, "no id"),
@@ -143,7 +149,9 @@ def test_pdf_manual_keeps_headings_and_joins_wrapped_lines() -> None:
     by_path = {s.heading_path[-1]: s.text for s in manual.sections}
     assert "4-1. 解約" in by_path and "解約金は0円です。" in by_path["4-1. 解約"]
     assert "主な内容をまとめたものです" in manual.sections[0].text  # a line wrapped mid-word is rejoined
-    assert "・データ容量を使い切ると" in by_path["1-1. データ容量について"]  # bullet glyphs stay with their line
+    assert (
+        "・データ容量を使い切ると" in by_path["1-1. データ容量について"]
+    )  # bullet glyphs stay with their line
 
 
 def test_demo_knowledge_base_loads() -> None:

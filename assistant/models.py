@@ -146,6 +146,12 @@ class Conversation(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     closed_at: Mapped[datetime | None] = mapped_column()
+    # The operator workspace (revision 0002): who owns it, its queue priority (VIP > 0), when it
+    # entered the queue and when a person claimed it.
+    assigned_operator_id: Mapped[int | None] = mapped_column(ForeignKey("operators.id"), index=True)
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    queued_at: Mapped[datetime | None] = mapped_column()
+    claimed_at: Mapped[datetime | None] = mapped_column()
 
     customer: Mapped[Customer | None] = relationship(lazy="joined")
 
@@ -172,6 +178,8 @@ class Message(Base):
     reasons: Mapped[list[str] | None] = mapped_column(JsonColumn)
     citations: Mapped[list[dict[str, Any]] | None] = mapped_column(JsonColumn)
     search_query: Mapped[str | None] = mapped_column(Text)
+    # Who wrote an operator message.
+    operator_id: Mapped[int | None] = mapped_column(ForeignKey("operators.id"))
 
 
 class Feedback(Base):
@@ -228,3 +236,191 @@ class IdempotencyRecord(Base):
     message_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id", ondelete="SET NULL"))
     locked_at: Mapped[datetime] = mapped_column(default=utcnow)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+ResolutionPath = Literal["bot", "operator"]
+ResolutionOutcome = Literal["resolved", "unresolved", "follow_up"]
+DeliveryStatus = Literal["pending", "delivered", "cancelled"]
+SuggestionOutcome = Literal["used", "edited", "ignored"]
+
+
+class Operator(Base):
+    """A person answering customers: one row per operator API key, created on the key's first use."""
+
+    __tablename__ = "operators"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    api_key_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id"), unique=True)
+    name: Mapped[str] = mapped_column(String(100))
+    on_shift: Mapped[bool] = mapped_column(default=False)
+    max_concurrent: Mapped[int] = mapped_column(Integer, default=5)
+    last_seen_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class OperatorNote(Base):
+    """An operator's internal note on a conversation: operator-only, never shown to the customer."""
+
+    __tablename__ = "operator_notes"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    conversation_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("conversations.id", ondelete="CASCADE"), index=True
+    )
+    operator_id: Mapped[int] = mapped_column(ForeignKey("operators.id"))
+    text: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SuggestionSet(Base):
+    """Up to three drafted replies to one customer message, and what the operator did with them."""
+
+    __tablename__ = "suggestion_sets"
+    __table_args__ = (
+        CheckConstraint("outcome IS NULL OR outcome IN ('used', 'edited', 'ignored')", name="outcome"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    conversation_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("conversations.id", ondelete="CASCADE"), index=True
+    )
+    for_message_id: Mapped[int] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
+    # [{text, citations: [{number, title, url, chunk_id, source_id}], source_id}]
+    drafts: Mapped[list[dict[str, Any]]] = mapped_column(JsonColumn)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    outcome: Mapped[str | None] = mapped_column(String(16))
+    chosen_index: Mapped[int | None] = mapped_column(Integer)
+    edit_similarity: Mapped[float | None] = mapped_column(Float)
+
+
+class OperatorDelivery(Base):
+    """An operator message held for the undo window; delivery flips it pending -> delivered once."""
+
+    __tablename__ = "operator_deliveries"
+    __table_args__ = (
+        CheckConstraint("status IN ('pending', 'delivered', 'cancelled')", name="status"),
+        Index("ix_operator_deliveries_status_deliver_at", "status", "deliver_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    conversation_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("conversations.id", ondelete="CASCADE"), index=True
+    )
+    operator_id: Mapped[int] = mapped_column(ForeignKey("operators.id"))
+    text: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    deliver_at: Mapped[datetime] = mapped_column()
+    delivered_at: Mapped[datetime | None] = mapped_column()
+    message_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id", ondelete="SET NULL"))
+    suggestion_set_id: Mapped[int | None] = mapped_column(
+        ForeignKey("suggestion_sets.id", ondelete="SET NULL")
+    )
+    draft_index: Mapped[int | None] = mapped_column(Integer)
+
+
+class Resolution(Base):
+    """How a chat ended (the resolved-chat record the evaluation suite reads); one per conversation."""
+
+    __tablename__ = "resolutions"
+    __table_args__ = (
+        CheckConstraint("path IN ('bot', 'operator')", name="path"),
+        CheckConstraint("outcome IN ('resolved', 'unresolved', 'follow_up')", name="outcome"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    conversation_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("conversations.id", ondelete="CASCADE"), unique=True
+    )
+    # NULL when the bot alone closed the chat.
+    operator_id: Mapped[int | None] = mapped_column(ForeignKey("operators.id"))
+    path: Mapped[str] = mapped_column(String(16))
+    outcome: Mapped[str] = mapped_column(String(16))
+    tags: Mapped[list[str]] = mapped_column(JsonColumn, default=list)
+    answer_text: Mapped[str | None] = mapped_column(Text)
+    # The FAQ / manual source ids the answer came from.
+    answer_source_ids: Mapped[list[str]] = mapped_column(JsonColumn, default=list)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# --- voice of the customer (revision 0003; assistant/voc) -------------------------------------------
+
+
+class SurveyResponse(Base):
+    """A customer's post-chat survey, once per closed conversation.
+
+    CSAT 1-6 (5 = very satisfied, 6 = 「感動した」, delighted), CES 0-10 (higher = easier), NPS 0-10.
+    ``path`` and ``cited_source_ids`` are copied from the conversation when the survey arrives.
+    """
+
+    __tablename__ = "survey_responses"
+    __table_args__ = (
+        CheckConstraint("path IN ('bot', 'operator')", name="path"),
+        CheckConstraint("csat IS NULL OR csat BETWEEN 1 AND 6", name="csat"),
+        CheckConstraint("ces IS NULL OR ces BETWEEN 0 AND 10", name="ces"),
+        CheckConstraint("nps IS NULL OR nps BETWEEN 0 AND 10", name="nps"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    conversation_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("conversations.id", ondelete="CASCADE"), unique=True
+    )
+    path: Mapped[str] = mapped_column(String(16))
+    csat: Mapped[int | None] = mapped_column(Integer)
+    ces: Mapped[int | None] = mapped_column(Integer)
+    nps: Mapped[int | None] = mapped_column(Integer)
+    resolved: Mapped[bool | None] = mapped_column()
+    reasons: Mapped[list[str]] = mapped_column(JsonColumn, default=list)
+    comment: Mapped[str | None] = mapped_column(Text)
+    cited_source_ids: Mapped[list[str]] = mapped_column(JsonColumn, default=list)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class TrendAlert(Base):
+    """A surging topic in customer messages, as raised by ``assistant.voc.alerts``."""
+
+    __tablename__ = "trend_alerts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    label: Mapped[str] = mapped_column(String(200))
+    words: Mapped[list[str]] = mapped_column(JsonColumn)
+    window_start: Mapped[datetime] = mapped_column()
+    window_end: Mapped[datetime] = mapped_column()
+    count: Mapped[int] = mapped_column(Integer)
+    window_messages: Mapped[int] = mapped_column(Integer)
+    baseline_messages: Mapped[int] = mapped_column(Integer)
+    baseline_count: Mapped[int] = mapped_column(Integer)
+    expected: Mapped[float] = mapped_column(Float)
+    ratio: Mapped[float] = mapped_column(Float)
+    p_value: Mapped[float] = mapped_column(Float)
+    examples: Mapped[list[str]] = mapped_column(JsonColumn, default=list)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    delivered_at: Mapped[datetime | None] = mapped_column()
+    delivery_error: Mapped[str | None] = mapped_column(Text)
+
+
+class ReviewItem(Base):
+    """A question the bot failed, waiting for a reviewer: link it to an FAQ entry, draft one, or dismiss."""
+
+    __tablename__ = "review_items"
+    __table_args__ = (
+        CheckConstraint("status IN ('pending', 'linked', 'drafted', 'dismissed')", name="status"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"), unique=True)
+    conversation_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("conversations.id", ondelete="CASCADE"), index=True
+    )
+    question: Mapped[str] = mapped_column(Text)
+    # Why it is here: escalated, low_confidence, thumbs_down, bad_survey.
+    reasons: Mapped[list[str]] = mapped_column(JsonColumn)
+    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    faq_id: Mapped[str | None] = mapped_column(String(128))
+    draft_question: Mapped[str | None] = mapped_column(Text)
+    draft_answer: Mapped[str | None] = mapped_column(Text)
+    reviewer_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id"))
+    reviewed_at: Mapped[datetime | None] = mapped_column()
+    # When ``madoguchi voc learn`` wrote the change into the knowledge base and the index.
+    applied_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -119,13 +119,19 @@ class Responder:
 
     @classmethod
     def from_settings(cls, settings: Settings, index: KnowledgeIndex) -> Responder:
-        """The responder the settings describe: shipped confidence model, configured policy and LLM."""
+        """The responder the settings describe: confidence model, configured policy and LLM.
+
+        The confidence model is ``settings.confidence_model`` when set (``madoguchi eval calibrate``
+        writes one), else the shipped default.
+        """
         llm = settings.llm
         chat = None
         if llm.model:
             chat = LiteLLMChat(llm.model, api_base=llm.api_base, api_key=llm.api_key, timeout=llm.timeout,
                                retries=llm.retries)
-        return cls(index, ConfidenceModel.load(), EscalationPolicy(settings.escalation), chat)
+        path = settings.confidence_model
+        model = ConfidenceModel.load(path) if path is not None else ConfidenceModel.load()
+        return cls(index, model, EscalationPolicy(settings.escalation), chat)
 
     def respond(self, turn: TurnInput) -> Reply:
         """The reply to one customer message."""

@@ -72,10 +72,73 @@ class ApiSettings(BaseModel):
 
 
 class OperatorSettings(BaseModel):
-    """What the escalation policy knows about people until the operator workspace tracks shifts."""
+    """The operator workspace: shifts, the queue, live events and the customer lookup hook.
+
+    ``on_shift`` is a floor: the escalation policy counts the operators on shift in the database and
+    never fewer than this (a desk staffed by people who do not use the API yet).
+    """
 
     on_shift: int = Field(default=0, ge=0)
     capacity: int = Field(default=10, ge=0)
+    # Send with undo: an operator's message waits this long before the customer gets it.
+    undo_seconds: float = Field(default=5.0, ge=0, le=60)
+    # How often each replica's delivery worker looks for messages due (it also wakes when one is due).
+    delivery_poll_seconds: float = Field(default=0.5, gt=0, le=10)
+    # An operator on shift counts as present only if seen (any request) this recently.
+    presence_seconds: float = Field(default=900.0, gt=0)
+    max_concurrent: int = Field(default=5, ge=1, le=100)
+    # The customer's wait estimate: this many seconds per conversation ahead, per operator on shift.
+    handle_seconds: float = Field(default=300.0, gt=0)
+    # Live events: how often a stream re-reads the database even without a notification, how long
+    # one stream stays open before the client reconnects (with Last-Event-ID), and keep-alives.
+    recheck_seconds: float = Field(default=5.0, gt=0, le=60)
+    stream_seconds: float = Field(default=300.0, gt=0, le=3600)
+    keepalive_seconds: float = Field(default=15.0, gt=0)
+    # Optional CRM hook: GET this URL ("{member_id}" is replaced) for {name, plan, vip}; any failure
+    # falls back to the customers table.
+    customer_lookup_url: str | None = None
+    customer_lookup_timeout: float = Field(default=2.0, gt=0, le=30)
+    customer_lookup_token: SecretStr | None = None
+
+
+class VocSettings(BaseModel):
+    """Voice of the customer: trend alerts, knowledge gaps, content audit, the learning loop.
+
+    Trend defaults were checked by tests/assistant/test_voc_trends.py: an outage spike of 20 messages/h
+    over 40 ordinary ones/h alerts within one window, three calm 72-hour streams never alert.
+    """
+
+    trend_window_minutes: float = Field(default=60.0, gt=0)
+    trend_baseline_hours: float = Field(default=72.0, gt=0)
+    trend_min_count: int = Field(default=5, ge=1)
+    trend_min_ratio: float = Field(default=3.0, ge=1)
+    trend_alpha: float = Field(default=0.001, gt=0, lt=1)
+    trend_cooldown_hours: float = Field(default=6.0, ge=0)
+    # Trend alerts are POSTed here as JSON (signed with HMAC-SHA256 when a secret is set).
+    webhook_url: str | None = None
+    webhook_secret: SecretStr | None = None
+    webhook_timeout: float = Field(default=5.0, gt=0, le=60)
+    # A bot reply below this confidence counts as a failed question (gaps, review queue).
+    low_confidence: float = Field(default=0.5, ge=0, le=1)
+    # Content audit: entries not shown in this many days, not updated in this many days.
+    unseen_days: int = Field(default=30, ge=1)
+    stale_days: int = Field(default=365, ge=1)
+    # The learned question variations (written by the review queue, read by ``index build``):
+    # default <first kb source folder>/learned_variations.jsonl.
+    learned_variations: Path | None = None
+    # Report days are calendar days in this time zone (IANA name).
+    report_timezone: str = "Asia/Tokyo"
+
+    @field_validator("report_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name like Asia/Tokyo)") from None
+        return value
 
 
 class Settings(BaseSettings):
@@ -94,10 +157,14 @@ class Settings(BaseSettings):
     index_dir: Path = Path()  # default: <home>/index
     kb_sources: list[Path] = Field(default_factory=lambda: [Path("demo/kb")])
     embedder: str = "default"
+    # A fitted confidence artifact (``madoguchi eval calibrate``); None: the shipped default
+    # (assistant/data/confidence_default.json).
+    confidence_model: Path | None = None
     llm: LLMSettings = Field(default_factory=LLMSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     escalation: EscalationConfig = Field(default_factory=EscalationConfig)
     operators: OperatorSettings = Field(default_factory=OperatorSettings)
+    voc: VocSettings = Field(default_factory=VocSettings)
     bootstrap_admin_key: SecretStr | None = None
     # Create a demo widget (customer) key on first start and embed it in the served widget page.
     demo_widget_key: bool = True

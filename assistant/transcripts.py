@@ -25,6 +25,8 @@ from assistant.keys import KeyInfo
 from assistant.models import Conversation, Customer, Escalation, Feedback, Message, Rating, utcnow
 
 HANDOFF_DECISIONS = ("escalate", "take_message")
+# Queue priority of a VIP member's hand-off (others get 0): VIPs are taken first.
+VIP_PRIORITY = 10
 # Who speaks in the history a turn sees (system notes are for people, not for the bot).
 HISTORY_ROLES = ("customer", "bot", "operator")
 
@@ -194,8 +196,16 @@ def add_bot_reply(
             )
         )
         conversation.status = "escalated"
+        if conversation.queued_at is None:  # it enters the operators' queue now
+            conversation.queued_at = message.created_at
+        conversation.priority = priority_of(conversation.customer)
     session.flush()
     return message
+
+
+def priority_of(customer: Customer | None) -> int:
+    """A hand-off's queue priority: VIP members first."""
+    return VIP_PRIORITY if customer is not None and customer.vip else 0
 
 
 def record_queued_handoff(session: Session, conversation: Conversation, reply: BotReply) -> Escalation:
@@ -262,6 +272,16 @@ def messages_of(session: Session, conversation_id: uuid.UUID) -> Sequence[Messag
     """The whole transcript, in order."""
     return session.scalars(
         select(Message).where(Message.conversation_id == conversation_id).order_by(Message.seq)
+    ).all()
+
+
+def messages_after(session: Session, conversation_id: uuid.UUID, seq: int, limit: int) -> Sequence[Message]:
+    """Up to ``limit`` messages numbered after ``seq``, in order (what a live stream sends next)."""
+    return session.scalars(
+        select(Message)
+        .where(Message.conversation_id == conversation_id, Message.seq > seq)
+        .order_by(Message.seq)
+        .limit(limit)
     ).all()
 
 

@@ -5,6 +5,12 @@ starts with ``faq`` (each ``## `` heading is a question, its body the answer, an
 ``<!-- id: ...; category: ...; url: ...; updated_at: ...; variations: a | b -->`` line carries metadata).
 Manuals: Markdown, HTML, PDF and plain text, split into sections by their headings.
 
+Learned question variations: a file named ``learned_variations.jsonl`` (one ``{"faq_id": ...,
+"variation": ...}`` per line, written by the review queue in ``assistant.voc``) adds variations to the
+FAQ entries of its folder and the folders below it; a line naming an entry that no longer exists is
+skipped. Keeping them apart from the team's own files means a rebuild keeps them and nobody's CSV or
+YAML is ever rewritten by a program.
+
 Every problem raises ``IngestError`` naming the file and, where there is one, the line. Nothing is
 returned for a file set with any error, so a caller never writes a half-read knowledge base.
 """
@@ -17,7 +23,7 @@ import json
 import logging
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -35,6 +41,7 @@ FAQ_SUFFIXES = {".csv", ".json", ".jsonl", ".yaml", ".yml"}
 MANUAL_SUFFIXES = {".md", ".markdown", ".html", ".htm", ".pdf", ".txt"}
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$")
 _FAQ_FIELDS = {"id", "question", "answer", "variations", "category", "url", "updated_at", "language"}
+LEARNED_VARIATIONS = "learned_variations.jsonl"
 
 
 @dataclass(frozen=True)
@@ -58,9 +65,11 @@ def discover(paths: Iterable[Path]) -> list[Path]:
                 if f.is_file()
                 and f.suffix.lower() in FAQ_SUFFIXES | MANUAL_SUFFIXES
                 and "src" not in f.relative_to(p).parts[:-1]
-                and f.name.lower() != "readme.md"
+                and f.name.lower() not in ("readme.md", LEARNED_VARIATIONS)
             )
         elif p.is_file():
+            if p.name == LEARNED_VARIATIONS:
+                continue  # an overlay, applied by load_sources
             if p.suffix.lower() not in FAQ_SUFFIXES | MANUAL_SUFFIXES:
                 raise IngestError(
                     p,
@@ -89,7 +98,61 @@ def load_sources(paths: Iterable[Path], root: Path | None = None) -> list[Source
                 raise IngestError(f, f"duplicate id {doc.id!r} (first seen in {seen[doc.id]})")
             seen[doc.id] = doc.path
             docs.append(doc)
-    return docs
+    return apply_learned_variations(docs, read_learned_variations(_overlay_files(paths, root)))
+
+
+def _overlay_files(paths: Iterable[Path], root: Path | None) -> list[Path]:
+    """Learned-variation files that apply: below each folder given; for a file, in its folder and
+    the folders above it up to ``root``."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found.extend(sorted(p.rglob(LEARNED_VARIATIONS)))
+            continue
+        folder = p.resolve().parent
+        top = root.resolve() if root is not None else folder
+        while True:
+            if (folder / LEARNED_VARIATIONS).is_file():
+                found.append(folder / LEARNED_VARIATIONS)
+            if folder == top or top not in folder.parents:
+                break
+            folder = folder.parent
+    return list(dict.fromkeys(f.resolve() for f in found))
+
+
+def read_learned_variations(files: Iterable[Path]) -> dict[str, list[str]]:
+    """``{faq_id: [variation, ...]}`` from learned-variation files, in file and line order."""
+    learned: dict[str, list[str]] = {}
+    for path in files:
+        for lineno, line in enumerate(read_text(path).splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise IngestError(path, f"invalid JSON: {exc.msg}", lineno) from exc
+            if not isinstance(row, dict) or not all(
+                isinstance(row.get(k), str) and row[k].strip() for k in ("faq_id", "variation")
+            ):
+                raise IngestError(path, 'each line needs non-empty "faq_id" and "variation" strings', lineno)
+            learned.setdefault(row["faq_id"].strip(), []).append(normalize(row["variation"]).strip())
+    return learned
+
+
+def apply_learned_variations(docs: list[SourceDoc], learned: dict[str, list[str]]) -> list[SourceDoc]:
+    """The documents with learned variations added to their FAQ entries (new ones only)."""
+    if not learned:
+        return docs
+    out = []
+    for doc in docs:
+        entry = doc.payload
+        extra = learned.get(doc.id, []) if isinstance(entry, FaqEntry) else []
+        if isinstance(entry, FaqEntry) and extra:
+            variations = tuple(dict.fromkeys((*entry.variations, *extra)))
+            entry = replace(entry, variations=tuple(v for v in variations if v != entry.question))
+            doc = faq_source(entry, doc.path)
+        out.append(doc)
+    return out
 
 
 def _load_file(path: Path, root: Path | None) -> list[SourceDoc]:

@@ -18,13 +18,15 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
-from assistant.api import admin, conversations, health, pages
+from assistant.api import admin, conversations, health, operator_messages, operators, pages
+from assistant.api import voc as voc_api
 from assistant.api.bodylimit import BodyLimitMiddleware
 from assistant.api.deps import Services
 from assistant.api.errors import install_error_handlers
-from assistant.api.pages import WEB_DIR
 from assistant.api.ratelimit import build_limiter
+from assistant.api.pages import WEB_DIR
 from assistant.db import Database
+from assistant.delivery import DeliveryWorker
 from assistant.keys import bootstrap_keys
 from assistant.settings import Settings
 from index.embed import Embedder
@@ -80,9 +82,18 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         built = services if services is not None else await run_in_threadpool(build_services, settings)
         app.state.services = built
         await run_in_threadpool(bootstrap_keys, built.database, settings)
+        # The operator workspace: live events (LISTEN/NOTIFY on PostgreSQL), summaries, customer hook.
+        app.state.workspace = await run_in_threadpool(operators.open_workspace, built)
+        # Send with undo: delivers operator messages once their undo window ends (assistant.delivery);
+        # started after the events hub, so that every delivered message is announced.
+        delivery = DeliveryWorker(built.database, built.clock, settings.operators.delivery_poll_seconds)
+        delivery.start()
+        app.state.delivery_worker = delivery
         try:
             yield
         finally:
+            await delivery.stop()
+            await run_in_threadpool(operators.close_workspace, built, app.state.workspace)
             if services is None:
                 built.database.dispose()
                 for close in built.closers:
@@ -108,6 +119,9 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(conversations.router)
     app.include_router(admin.router)
+    app.include_router(operators.router)
+    app.include_router(operator_messages.router)
+    app.include_router(voc_api.router)
     app.include_router(health.router)
     app.include_router(pages.router)
     app.mount("/web", StaticFiles(directory=WEB_DIR), name="web")

@@ -13,21 +13,33 @@ from fastapi.sse import EventSourceResponse
 from sqlalchemy.orm import Session
 
 from assistant.api import idempotency, turns
-from assistant.api.deps import AnyKey, CustomerKey, ServicesDep
+from assistant.api.deps import AnyKey, CustomerKey, Services, ServicesDep
 from assistant.api.errors import ConflictError, ErrorOut, NotFoundError, UnprocessableError
+from assistant.api.operators import (
+    STREAM_BATCH,
+    After,
+    LastEventId,
+    Seconds,
+    resume_from,
+    stream_response,
+    timing_of,
+)
 from assistant.api.schemas import (
     ConversationCreate,
     ConversationOut,
     FeedbackCreate,
     FeedbackOut,
+    HandoffStatusOut,
     MessageCreate,
     MessageOut,
     TranscriptOut,
     TurnOut,
     normalize_locale,
 )
+from assistant.events import watch
 from assistant.keys import KeyInfo
 from assistant.models import Conversation
+from assistant.operators import handoff_status, record_customer_close
 from assistant.transcripts import (
     ConversationNotFoundError,
     MessageNotFoundError,
@@ -35,6 +47,7 @@ from assistant.transcripts import (
     NotRateableError,
     close_conversation,
     find_conversation,
+    messages_after,
     messages_of,
     open_conversation,
     rate_message,
@@ -146,10 +159,69 @@ def _event_stream(events: Iterator[bytes], *, replayed: bool = False) -> EventSo
 @router.get("/{conversation_id}", response_model=TranscriptOut, responses=_ERRORS)
 def get_conversation(conversation_id: uuid.UUID, key: AnyKey, services: ServicesDep) -> TranscriptOut:
     """The conversation and all its messages. A customer key sees only conversations it opened."""
+    view = MessageOut.for_customer if key.role == "customer" else MessageOut.of
     with services.database.session() as session:
         conversation = _conversation(session, conversation_id, key)
-        messages = [MessageOut.of(m) for m in messages_of(session, conversation.id)]
-        return TranscriptOut(**ConversationOut.of(conversation).model_dump(), messages=messages)
+        messages = [view(m) for m in messages_of(session, conversation.id)]
+        handoff = _handoff_status(session, conversation, services)
+        out = ConversationOut.of(conversation).model_dump()
+        return TranscriptOut(**out, messages=messages, handoff=handoff)
+
+
+def _handoff_status(session: Session, conversation: Conversation, services: Services) -> HandoffStatusOut:
+    status = handoff_status(session, conversation, services.clock(), services.settings.operators)
+    return HandoffStatusOut(**status.__dict__)
+
+
+@router.get("/{conversation_id}/status", response_model=HandoffStatusOut, responses=_ERRORS)
+def get_status(conversation_id: uuid.UUID, key: AnyKey, services: ServicesDep) -> HandoffStatusOut:
+    """Whether a person is on it, and while waiting: the place in the queue and an estimated wait."""
+    with services.database.session() as session:
+        return _handoff_status(session, _conversation(session, conversation_id, key), services)
+
+
+def _customer_poll(services: Services, conversation_id: uuid.UUID, after: int) -> Any:
+    cursor: dict[str, Any] = {"seq": after, "status": None}
+
+    def poll() -> tuple[list[bytes], bool]:
+        with services.database.session() as session:
+            conversation = session.get_one(Conversation, conversation_id)
+            messages = messages_after(session, conversation_id, cursor["seq"], STREAM_BATCH)
+            status = _handoff_status(session, conversation, services).model_dump(mode="json")
+        chunks = []
+        for m in messages:
+            cursor["seq"] = m.seq
+            body = MessageOut.for_customer(m).model_dump(mode="json")
+            chunks.append(turns.sse_event("message", body, event_id=str(m.seq)))
+        if status != cursor["status"]:
+            cursor["status"] = status
+            chunks.append(turns.sse_event("status", status, event_id=str(cursor["seq"])))
+        return chunks, status["status"] == "closed" and len(messages) < STREAM_BATCH
+
+    return poll
+
+
+@router.get(
+    "/{conversation_id}/events",
+    responses=_ERRORS | {200: {"content": {"text/event-stream": {}}, "description": "Server-sent events."}},
+)
+async def conversation_events(
+    conversation_id: uuid.UUID,
+    key: CustomerKey,
+    services: ServicesDep,
+    after: After = None,
+    last_event_id: LastEventId = None,
+    seconds: Seconds = None,
+) -> EventSourceResponse:
+    """Live events: ``message`` (every new message, the operator's included; id = seq) and ``status``
+    (a person took it, the place in the queue, closed). Resume with ``Last-Event-ID`` or ``after``;
+    the stream ends when the conversation is closed, or after a while (reconnect to go on).
+    """
+    with services.database.session() as session:
+        _conversation(session, conversation_id, key)
+    poll = _customer_poll(services, conversation_id, resume_from(last_event_id, after))
+    events = watch(services.events, str(conversation_id), poll, timing_of(services, seconds))
+    return stream_response(events)
 
 
 @router.post("/{conversation_id}/feedback", response_model=FeedbackOut, responses=_ERRORS)
@@ -173,4 +245,6 @@ def close(conversation_id: uuid.UUID, key: CustomerKey, services: ServicesDep) -
     """Close the conversation (closing twice is fine); it takes no more messages."""
     with services.database.session() as session:
         conversation = _conversation(session, conversation_id, key)
-        return ConversationOut.of(close_conversation(session, conversation))
+        close_conversation(session, conversation)
+        record_customer_close(session, conversation, services.clock())  # the bot-path resolution
+        return ConversationOut.of(conversation)

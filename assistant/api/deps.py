@@ -17,6 +17,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from assistant.api.errors import ForbiddenRoleError, RateLimitedError, UnauthenticatedError
 from assistant.api.ratelimit import RateLimiter, TokenBucketLimiter
 from assistant.db import Database
+from assistant.events import EventHub
 from assistant.keys import KeyInfo, find_key
 from assistant.models import KeyRole, utcnow
 from assistant.settings import Settings
@@ -36,6 +37,8 @@ class Services:
     clock: Callable[[], datetime] = utcnow
     # For /healthz: how many chunks the loaded index holds.
     index_chunks: int | None = None
+    # Live-event wake-ups (started by the lifespan; see assistant.events).
+    events: EventHub = field(default_factory=EventHub)
     # Called once when the app that built these services stops (e.g. the query batcher's worker).
     closers: tuple[Callable[[], None], ...] = ()
 
@@ -90,3 +93,4 @@ def require_role(*roles: KeyRole) -> Callable[[KeyInfo], KeyInfo]:
 CustomerKey = Annotated[KeyInfo, Depends(require_role("customer"))]
 AnyKey = Annotated[KeyInfo, Depends(require_role("customer", "operator", "admin"))]
 AdminKey = Annotated[KeyInfo, Depends(require_role("admin"))]
+OperatorKey = Annotated[KeyInfo, Depends(require_role("operator"))]

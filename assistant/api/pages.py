@@ -1,4 +1,5 @@
-"""The customer chat widget page, with the publishable widget key filled in, and its static files."""
+"""The pages: the customer chat widget (with the publishable widget key filled in) and the operator
+console; their static files are served from ``assistant/web``."""
 
 from __future__ import annotations
 
@@ -38,3 +39,38 @@ def widget_page(services: ServicesDep) -> HTMLResponse:
         key = published_widget_key(session) or ""
     page = _template().replace("{{WIDGET_KEY}}", html.escape(key, quote=True))
     return HTMLResponse(page, headers=_PAGE_HEADERS)
+
+
+# The operator console holds an operator key: never framed by another site, no referrer leaks.
+_CONSOLE_HEADERS = _PAGE_HEADERS | {
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": _PAGE_HEADERS["Content-Security-Policy"] + "; frame-ancestors 'none'",
+}
+
+
+@router.get("/console", response_class=HTMLResponse)
+def console_page() -> HTMLResponse:
+    """The operator console: the queue, a conversation, suggested replies, send with undo, resolve.
+
+    The page carries no key: the operator signs in with their own operator key (kept in the tab).
+    """
+    return HTMLResponse((WEB_DIR / "console.html").read_text(encoding="utf-8"), headers=_CONSOLE_HEADERS)
+
+
+# The voice-of-the-customer report holds a staff key; its charts are PNG blobs fetched with that key.
+_VOC_HEADERS = _CONSOLE_HEADERS | {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data: blob:; object-src 'none'; base-uri 'none'; "
+        "form-action 'none'; frame-ancestors 'none'"
+    ),
+}
+
+
+@router.get("/voc", response_class=HTMLResponse)
+def voc_page() -> HTMLResponse:
+    """The VoC report: KPIs by day and path, charts (PNG export), top topics, trend alerts.
+
+    The page carries no key: staff sign in with an operator or admin key (kept in the tab).
+    """
+    return HTMLResponse((WEB_DIR / "voc.html").read_text(encoding="utf-8"), headers=_VOC_HEADERS)

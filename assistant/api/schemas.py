@@ -141,6 +141,11 @@ class MessageOut(BaseModel):
             citations=[CitationOut(**c) for c in message.citations or []],
         )
 
+    @classmethod
+    def for_customer(cls, message: Message) -> MessageOut:
+        """The customer's view: the bot's confidence and hand-off reasons are operator-only."""
+        return cls.of(message).model_copy(update={"confidence": None, "reasons": []})
+
 
 class ConversationOut(BaseModel):
     """A conversation without its messages."""
@@ -173,10 +178,28 @@ class ConversationOut(BaseModel):
         )
 
 
+class HandoffStatusOut(BaseModel):
+    """What the customer knows about the people side: is a person on it, or how long is the wait.
+
+    ``queue_position`` is 1 for the next conversation to be taken, null when not waiting;
+    ``estimated_wait_seconds`` is null when nobody is on shift (the message waits for the next shift).
+    """
+
+    status: Literal["open", "escalated", "closed"]
+    with_person: bool
+    queue_position: int | None
+    estimated_wait_seconds: float | None
+    operators_on_shift: int
+
+
 class TranscriptOut(ConversationOut):
-    """A conversation with every message, in order."""
+    """A conversation with every message, in order, and (while escalated) the wait for a person.
+
+    A customer key gets the customer's view of each message (no confidence or hand-off reasons).
+    """
 
     messages: list[MessageOut]
+    handoff: HandoffStatusOut | None = None
 
 
 class TurnOut(BaseModel):
@@ -262,3 +285,53 @@ class CustomerOut(BaseModel):
     name: str | None
     plan: str | None
     vip: bool
+
+
+class OperatorMessageCreate(_Request):
+    """An operator's message, held for the undo window before the customer gets it.
+
+    ``suggestion_set_id`` and ``draft_index`` say which suggested draft it started from (if any), so
+    that we learn whether drafts are used as is, edited or ignored.
+    """
+
+    text: MessageText
+    suggestion_set_id: int | None = Field(default=None, ge=1, le=2**62)
+    draft_index: int | None = Field(default=None, ge=0, le=2)
+
+
+class DeliveryOut(BaseModel):
+    """An operator message on its way: ``pending`` until ``deliver_at`` (undo until then)."""
+
+    id: int
+    conversation_id: uuid.UUID
+    operator_id: int
+    text: str
+    status: Literal["pending", "delivered", "cancelled"]
+    created_at: datetime
+    deliver_at: datetime
+    delivered_at: datetime | None
+    message_id: int | None
+    suggestion_set_id: int | None
+    draft_index: int | None
+
+
+class DraftOut(BaseModel):
+    """One suggested reply with its sources."""
+
+    text: str
+    citations: list[CitationOut]
+    source_id: str
+    generated: bool = False
+
+
+class SuggestionSetOut(BaseModel):
+    """Up to three drafts for the customer's latest message; ``outcome`` is set once you send."""
+
+    id: int
+    conversation_id: uuid.UUID
+    for_message_id: int
+    drafts: list[DraftOut]
+    created_at: datetime
+    outcome: Literal["used", "edited", "ignored"] | None
+    chosen_index: int | None
+    edit_similarity: float | None

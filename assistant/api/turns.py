@@ -7,8 +7,9 @@ reply becomes a hand-off (reason ``internal_error``): never a 500, never a lost 
 While an escalated conversation waits for people, the bot still answers what it can answer, but a
 new hand-off decision adds no message: the conversation is queued already, so the customer's message
 is simply stored for the people who will pick it up (the reply is null; the decision and its reasons
-are still recorded as an escalation without a message). Keeping the bot silent
-while a person owns the conversation belongs to the operator workspace.
+are still recorded as an escalation without a message). While a person owns the conversation
+(``assigned_operator_id``) the bot stays silent: the message is stored, the reply is null, and the
+operator's streams are woken by the stored message (``assistant.events``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from assistant.api.schemas import MessageOut, TurnOut
 from assistant.escalate import Availability
 from assistant.keys import KeyInfo
 from assistant.models import Conversation, Message
+from assistant.operators import desk_state
 from assistant.respond import Reply, TurnInput
 from assistant.transcripts import (
     HANDOFF_DECISIONS,
@@ -117,13 +119,17 @@ def prepare_turn(services: Services, stored: StoredMessage) -> PreparedTurn | Tu
         conversation = session.get_one(Conversation, stored.conversation_id)
         message = session.get_one(Message, stored.message_id)
         answered = _stored_reply(session, message)
-        if answered is not None:
+        if answered is not None or conversation.assigned_operator_id is not None:
+            # Answered already, or a person owns the conversation: the bot stays silent.
             return _finish(session, stored, conversation, message, answered)
         queued = conversation.status == "escalated"
         context = turn_context(session, conversation, message, settings.api.history_messages)
+        presence = timedelta(seconds=settings.operators.presence_seconds)
+        desk = desk_state(session, services.clock(), presence)
     availability = Availability(
-        on_shift=settings.operators.on_shift,
-        queue_length=context.queue_length,
+        # The setting is a floor: people on shift who do not use the operator API yet.
+        on_shift=max(settings.operators.on_shift, desk.on_shift),
+        queue_length=desk.waiting,
         queue_capacity=settings.operators.capacity,
     )
     turn = TurnInput(
@@ -177,7 +183,9 @@ def store_reply(services: Services, prepared: PreparedTurn, reply: Reply) -> Tur
         conversation = session.get_one(Conversation, stored.conversation_id)
         message = session.get_one(Message, stored.message_id)
         bot_message: Message | None = None
-        if conversation.status == "escalated" and bot.decision in HANDOFF_DECISIONS:
+        if conversation.assigned_operator_id is not None:
+            pass  # a person claimed the conversation while the bot was answering: it stays silent
+        elif conversation.status == "escalated" and bot.decision in HANDOFF_DECISIONS:
             record_queued_handoff(session, conversation, bot)  # the decision is kept, no new message
         else:
             try:
@@ -217,9 +225,9 @@ def answer(services: Services, prepared: PreparedTurn) -> TurnOut:
     return store_reply(services, prepared, reply)
 
 
-def sse_event(event: str, data: dict[str, Any]) -> bytes:
-    """One server-sent event with a JSON payload."""
-    return format_sse_event(data_str=json.dumps(data, ensure_ascii=False), event=event)
+def sse_event(event: str, data: dict[str, Any], event_id: str | None = None) -> bytes:
+    """One server-sent event with a JSON payload (and an ``id:`` a client may resume from)."""
+    return format_sse_event(data_str=json.dumps(data, ensure_ascii=False), event=event, id=event_id)
 
 
 def stream_answer(services: Services, prepared: PreparedTurn) -> Iterator[bytes]:

@@ -20,6 +20,16 @@
       rateLimited: "送信が多すぎます。少し待ってからお試しください。",
       invalid: "メッセージを送信できませんでした（長すぎるか空です）。",
       network: "通信に失敗しました。もう一度お試しください。", typing: "…",
+      endChat: "会話を終了", surveyTitle: "アンケートにご協力ください", csatQ: "今回の対応の満足度",
+      cesQ: "解決までのかんたんさ（0 = とても大変、10 = とてもかんたん）", npsQ: "友人や知人にすすめたいと思う度合い（0〜10）",
+      resolvedQ: "問題は解決しましたか", reasonsQ: "当てはまるもの（複数可）", commentQ: "ご意見（任意）",
+      surveySend: "回答する", surveyThanks: "ご回答ありがとうございました。", yes: "はい", no: "いいえ",
+      csatLabels: ["とても不満", "不満", "ふつう", "満足", "とても満足", "感動した"],
+      reasons: {
+        faq_hard_to_understand: "FAQがわかりにくかった", answer_wrong: "回答が間違っていた",
+        answer_not_found: "知りたいことが見つからなかった", could_not_reach_person: "担当者につながらなかった",
+        took_too_long: "時間がかかった", had_to_repeat: "同じ説明を繰り返した", other: "その他",
+      },
     },
     en: {
       title: "Support", newChat: "New chat", inputLabel: "Message", placeholder: "Ask us anything",
@@ -31,13 +41,25 @@
       rateLimited: "Too many messages. Please wait a moment and try again.",
       invalid: "The message could not be sent (too long or empty).",
       network: "Connection problem. Please try again.", typing: "…",
+      endChat: "End chat", surveyTitle: "Tell us how we did", csatQ: "How satisfied are you?",
+      cesQ: "How easy was it to get help? (0 = very hard, 10 = very easy)",
+      npsQ: "How likely are you to recommend us? (0-10)", resolvedQ: "Was your issue resolved?",
+      reasonsQ: "Anything that applies", commentQ: "Comments (optional)", surveySend: "Submit",
+      surveyThanks: "Thank you for your answers.", yes: "Yes", no: "No",
+      csatLabels: ["Very dissatisfied", "Dissatisfied", "Neutral", "Satisfied", "Very satisfied", "Delighted"],
+      reasons: {
+        faq_hard_to_understand: "The FAQ was hard to understand", answer_wrong: "The answer was wrong",
+        answer_not_found: "I could not find what I needed", could_not_reach_person: "Could not reach a person",
+        took_too_long: "It took too long", had_to_repeat: "I had to repeat myself", other: "Other",
+      },
     },
   }[LANG];
 
   const $ = (id) => document.querySelector(`[data-testid="${id}"]`);
   const log = $("log"), input = $("input"), form = $("form"), banner = $("status-banner");
   const errorBox = $("error"), sendButton = $("send"), humanButton = $("human");
-  const state = { conversationId: null, status: "open", lastHandoff: null, busy: false };
+  const state = { conversationId: null, status: "open", lastHandoff: null, busy: false, surveyFor: null };
+  const surveyForm = $("survey"), surveyThanks = $("survey-thanks"), endButton = $("end-chat");
 
   function translatePage() {
     document.documentElement.lang = LANG;
@@ -78,6 +100,78 @@
     input.disabled = closed || state.busy;
     sendButton.disabled = closed || state.busy;
     humanButton.disabled = closed || state.busy || status === "escalated";
+    endButton.disabled = closed || state.busy;
+    if (closed) showSurvey();
+  }
+
+  // --- the post-chat survey: CSAT 1-6 (6 = 感動した), CES 0-10 (higher = easier), NPS 0-10, resolved, reasons.
+  function choice(fieldset, type, name, value, label) {
+    const el = document.createElement("label");
+    const box = document.createElement("input");
+    box.type = type; box.name = name; box.value = String(value);
+    box.dataset.testid = `survey-${name}-${value}`;
+    el.append(box, document.createTextNode(label));
+    fieldset.appendChild(el);
+  }
+
+  function buildSurvey() {
+    const sets = {};
+    surveyForm.querySelectorAll("fieldset").forEach((f) => { sets[f.dataset.scale] = f; });
+    TEXT.csatLabels.forEach((label, i) => choice(sets.csat, "radio", "csat", i + 1, label));
+    for (let v = 0; v <= 10; v++) {
+      choice(sets.ces, "radio", "ces", v, String(v));
+      choice(sets.nps, "radio", "nps", v, String(v));
+    }
+    choice(sets.resolved, "radio", "resolved", "yes", TEXT.yes);
+    choice(sets.resolved, "radio", "resolved", "no", TEXT.no);
+    for (const [code, label] of Object.entries(TEXT.reasons)) choice(sets.reasons, "checkbox", "reasons", code, label);
+  }
+
+  function surveyAnswers() {
+    const picked = (name) => {
+      const el = surveyForm.querySelector(`input[name="${name}"]:checked`);
+      return el ? el.value : null;
+    };
+    const body = {};
+    for (const name of ["csat", "ces", "nps"]) { const v = picked(name); if (v !== null) body[name] = Number(v); }
+    const resolved = picked("resolved");
+    if (resolved !== null) body.resolved = resolved === "yes";
+    const reasons = [...surveyForm.querySelectorAll('input[name="reasons"]:checked')].map((el) => el.value);
+    if (reasons.length) body.reasons = reasons;
+    const comment = $("survey-comment").value.trim();
+    if (comment) body.comment = comment;
+    return body;
+  }
+
+  function showSurvey() {
+    if (!state.conversationId || state.surveyFor === state.conversationId || !log.children.length) return;
+    state.surveyFor = state.conversationId;
+    surveyForm.reset();
+    surveyForm.hidden = false;
+    surveyThanks.hidden = true;
+  }
+
+  function hideSurvey() { surveyForm.hidden = true; surveyThanks.hidden = true; }
+
+  async function submitSurvey(event) {
+    event.preventDefault();
+    const body = surveyAnswers();
+    if (!Object.keys(body).length) return;
+    const response = await api("POST", `/v1/conversations/${state.conversationId}/survey`, body);
+    const data = await readJson(response);
+    if (response.ok || (data && data.code === "survey_already_answered")) {
+      surveyForm.hidden = true;
+      surveyThanks.hidden = false;
+      return;
+    }
+    showError(errorText(response.status, data));
+  }
+
+  async function endChat() {
+    if (!state.conversationId || state.status === "closed") return;
+    const response = await api("POST", `/v1/conversations/${state.conversationId}/close`);
+    if (!response.ok) { showError(errorText(response.status, await readJson(response))); return; }
+    setStatus("closed");
   }
 
   function safeUrl(url) {
@@ -189,6 +283,7 @@
     if (!response.ok) { showError(errorText(response.status, data)); return; }
     state.conversationId = data.id;
     state.lastHandoff = null;
+    hideSurvey();
     sessionStorage.setItem(STORE, data.id);
     log.replaceChildren();
     setStatus(data.status);
@@ -311,9 +406,12 @@
     if (event.key === "Enter" && !event.shiftKey && !event.isComposing) { event.preventDefault(); send(input.value); }
   });
   humanButton.addEventListener("click", () => send(TEXT.humanRequest));
+  endButton.addEventListener("click", () => endChat().catch(() => showError(TEXT.network)));
+  surveyForm.addEventListener("submit", (event) => submitSurvey(event).catch(() => showError(TEXT.network)));
   $("new-chat").addEventListener("click", () => { sessionStorage.removeItem(STORE); newConversation(); });
 
   translatePage();
+  buildSurvey();
   if (!KEY || KEY.startsWith("{{")) { showError(TEXT.noKey); setStatus("closed"); return; }
   openConversation().catch(() => showError(TEXT.network)).finally(() => {
     document.body.dataset.ready = "true";

@@ -1,0 +1,207 @@
+"""Measure learning from resolved chats: before/after evaluation of the review queue's changes, and the
+LocalgovFAQ k-fold experiment.
+
+The product loop (``learn_and_evaluate``): the questions reviewers linked or drafted are searched on the
+live index before the change and again after ``assistant.voc.review.apply_changes`` updated it; a
+regression set (every FAQ entry's own question must still find its entry) guards the rest of the
+knowledge base. Both are logged to MLflow through ``eval.track``.
+
+The experiment (``kfold_learning``): LocalgovFAQ's dev queries are split into ``folds`` parts. For each
+fold, the other folds' queries play the past resolved chats: each becomes a question variation of the
+entries graded 2 for it ("contains the correct answer": what an operator would have linked; grade-1
+"related" entries are not linked). Recall@10 is then measured on the held-out fold, with grade >= 1
+counting as relevant (the data set's protocol), against the same fold on the index without learning.
+
+Errors: ``LearningDataError`` for unusable inputs (too few queries for the folds).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+
+from assistant.voc.review import ReviewRecord, apply_changes
+from eval.metrics.retrieval import retrieval_report
+from eval.retrieval import RetrievalData, corpus_chunks
+from eval.track import RunRecord, TrackingConfig, log_run
+from index.build import UpdateReport
+from index.chunk import faq_chunk
+from index.documents import FaqEntry
+from index.embed import Embedder
+from index.search import KnowledgeIndex
+from index.store import load_index
+
+LINK_GRADE = 2
+
+
+class LearningDataError(ValueError):
+    """The inputs cannot support the evaluation asked for."""
+
+
+def _runs(index: KnowledgeIndex, queries: Mapping[str, str], k: int) -> dict[str, list[str]]:
+    qids = list(queries)
+    hits = index.search_many([queries[q] for q in qids], k) if qids else []
+    # Several chunks of one source (manual pieces) count once, at their best rank.
+    return {q: list(dict.fromkeys(h.chunk.source_id for h in row)) for q, row in zip(qids, hits, strict=True)}
+
+
+def evaluate_questions(
+    index: KnowledgeIndex, questions: Mapping[str, tuple[str, str]], k: int
+) -> dict[str, float]:
+    """Recall@k and friends of ``{id: (question, faq_id)}`` on ``index``."""
+    runs = _runs(index, {qid: q for qid, (q, _) in questions.items()}, k)
+    return retrieval_report(runs, {qid: {faq: 1} for qid, (_, faq) in questions.items()}, k)
+
+
+def self_retrieval_set(index: KnowledgeIndex) -> dict[str, tuple[str, str]]:
+    """Every FAQ entry's own question, which must retrieve it (the regression guard)."""
+    return {
+        f"self:{c.source_id}": (c.question or c.title, c.source_id) for c in index.chunks if c.kind == "faq"
+    }
+
+
+@dataclass(frozen=True)
+class LearningResult:
+    """What a learning run changed and measured."""
+
+    items: int
+    update: UpdateReport | None
+    learned_before: dict[str, float]
+    learned_after: dict[str, float]
+    regression_before: dict[str, float]
+    regression_after: dict[str, float]
+    run_id: str | None
+
+
+def learn_and_evaluate(
+    kb_dir: Path, index_dir: Path, embedder: Embedder, items: Sequence[ReviewRecord], now: datetime, *,
+    k: int = 10, tracking: TrackingConfig | None = None,
+) -> LearningResult:  # fmt: skip
+    """Evaluate, apply the reviewed items to the knowledge base and index, evaluate again, log both."""
+    before = load_index(index_dir, embedder)
+    learned = {f"item:{i.id}": (i.question, i.faq_id or f"learned-{i.id}") for i in items}
+    regression = self_retrieval_set(before)
+    learned_before = evaluate_questions(before, learned, k) if learned else {}
+    regression_before = evaluate_questions(before, regression, k)
+    update = apply_changes(kb_dir, index_dir, embedder, items, now)
+    after = load_index(index_dir, embedder)
+    learned_after = evaluate_questions(after, learned, k) if learned else {}
+    regression_after = evaluate_questions(after, self_retrieval_set(after), k)
+    run_id = None
+    if tracking is not None:
+        metrics = {f"learned/{m}/before": v for m, v in learned_before.items()}
+        metrics |= {f"learned/{m}/after": v for m, v in learned_after.items()}
+        metrics |= {f"regression/{m}/before": v for m, v in regression_before.items()}
+        metrics |= {f"regression/{m}/after": v for m, v in regression_after.items()}
+        table = [
+            {"item": i.id, "status": i.status, "question": i.question, "faq_id": i.faq_id} for i in items
+        ]
+        params = {"k": k, "items": len(items), "index_dir": str(index_dir), "embedder": embedder.name}
+        run_id = log_run(tracking, RunRecord("voc-learn", params, metrics, {"kind": "learning"}, table))
+    return LearningResult(
+        len(items), update, learned_before, learned_after, regression_before, regression_after, run_id
+    )
+
+
+# ------------------------------------------------------------------------------------ k-fold experiment
+
+
+@dataclass(frozen=True)
+class FoldResult:
+    """One held-out fold: the metrics without and with the variations learned from the other folds."""
+
+    fold: int
+    queries: int
+    learned_variations: int
+    without: dict[str, float]
+    with_learning: dict[str, float]
+
+
+def fold_of(qids: Sequence[str], folds: int, seed: int) -> dict[str, int]:
+    """A seeded, balanced assignment of query ids to folds."""
+    if folds < 2 or len(qids) < folds:
+        raise LearningDataError(
+            f"need at least {folds} queries and 2 folds, got {len(qids)} queries, {folds} folds"
+        )
+    order = sorted(qids)
+    random.Random(seed).shuffle(order)
+    return {q: i % folds for i, q in enumerate(order)}
+
+
+def learned_chunks(data: RetrievalData, train: Sequence[str], grade: int = LINK_GRADE) -> tuple[list, int]:  # type: ignore[type-arg]
+    """The corpus as FAQ chunks, each with the training queries linked to it as variations."""
+    extra: dict[str, list[str]] = {}
+    for qid in train:
+        for doc, g in data.qrels[qid].items():
+            if g >= grade:
+                extra.setdefault(doc, []).append(data.queries[qid])
+    chunks = []
+    for chunk in corpus_chunks(data.corpus):
+        added = extra.get(chunk.source_id)
+        if added:
+            entry = FaqEntry(
+                chunk.source_id, chunk.question or "", chunk.answer or "", language=chunk.language
+            )
+            variations = tuple(dict.fromkeys(v for v in added if v != entry.question))
+            chunk = faq_chunk(replace(entry, variations=variations))
+        chunks.append(chunk)
+    return chunks, sum(len(v) for v in extra.values())
+
+
+def kfold_learning(
+    data: RetrievalData, embedder: Embedder, *, folds: int = 5, seed: int = 0, k: int = 10,
+) -> list[FoldResult]:  # fmt: skip
+    """Recall@k on each held-out fold, without and with learning from the other folds."""
+    assignment = fold_of(list(data.qrels), folds, seed)
+    base = KnowledgeIndex.from_chunks(corpus_chunks(data.corpus), embedder)
+    out = []
+    for fold in range(folds):
+        test = [q for q, f in assignment.items() if f == fold]
+        train = [q for q, f in assignment.items() if f != fold]
+        qrels = {q: data.qrels[q] for q in test}
+        queries = {q: data.queries[q] for q in test}
+        chunks, n_learned = learned_chunks(data, train)
+        learned = KnowledgeIndex.from_chunks(chunks, embedder)
+        out.append(
+            FoldResult(
+                fold,
+                len(test),
+                n_learned,
+                retrieval_report(_runs(base, queries, k), qrels, k),
+                retrieval_report(_runs(learned, queries, k), qrels, k),
+            )  # fmt: skip
+        )
+    return out
+
+
+def summarize_folds(results: Sequence[FoldResult]) -> dict[str, float]:
+    """Query-weighted means over the folds, without and with learning."""
+    total = sum(r.queries for r in results)
+    out: dict[str, float] = {"queries": float(total), "folds": float(len(results))}
+    for metric in results[0].without:
+        if metric == "queries":
+            continue
+        out[f"{metric}/without"] = sum(r.without[metric] * r.queries for r in results) / total
+        out[f"{metric}/with_learning"] = sum(r.with_learning[metric] * r.queries for r in results) / total
+    return out
+
+
+def log_kfold(tracking: TrackingConfig, results: Sequence[FoldResult], params: Mapping[str, object]) -> str:
+    """Log the experiment as one MLflow run: summary metrics and one table row per fold."""
+    table = [
+        {
+            "fold": r.fold,
+            "queries": r.queries,
+            "learned_variations": r.learned_variations,
+            **{f"{m}/without": v for m, v in r.without.items()},
+            **{f"{m}/with_learning": v for m, v in r.with_learning.items()},
+        }  # fmt: skip
+        for r in results
+    ]
+    record = RunRecord(
+        "voc-learning-kfold", dict(params), summarize_folds(results), {"kind": "learning"}, table
+    )
+    return log_run(tracking, record)

@@ -17,6 +17,12 @@ tiny and few (one per committed write), far below what NOTIFY handles.
 Writers need not know about any of this: ``EventHub.start`` hooks the database's sessions, so any
 new row of a conversation (message, note, delivery...) or changed ``Conversation`` is announced;
 code that changes conversations with a bulk ``UPDATE`` calls ``mark_changed``.
+
+A change to the queue (a conversation enters or leaves it or moves in it: escalated, claimed,
+released, closed while waiting; an operator going on or off shift) changes every waiting customer's
+place or estimate, so the commit also announces each waiting conversation (up to
+``QUEUE_WAKE_LIMIT``; any beyond learn at their periodic re-check). Sessions notice such changes made
+through the ORM; bulk ``UPDATE``s of ownership call ``mark_queue_changed``.
 """
 
 from __future__ import annotations
@@ -31,22 +37,31 @@ from typing import Any
 
 import anyio.to_thread
 import psycopg
-from sqlalchemy import event, text
+from sqlalchemy import event, inspect, select, text
 from sqlalchemy.orm import Session
 
 from assistant.db import Database
-from assistant.models import Conversation
+from assistant.models import Conversation, Operator
 
 log = logging.getLogger(__name__)
 
 CHANNEL = "madoguchi_events"
 ALL = "*"  # the key of a subscription to every conversation (the operators' queue feed)
 _CHANGED = "madoguchi_changed_conversations"
+_QUEUE_CHANGED = "madoguchi_queue_changed"
+QUEUE_WAKE_LIMIT = 500  # waiting conversations announced per queue change, first in line first
+# Conversation columns that decide whether, and where, it waits in the queue.
+_QUEUE_COLUMNS = ("status", "assigned_operator_id", "priority", "queued_at")
 
 
 def mark_changed(session: Session, conversation_id: uuid.UUID | str) -> None:
     """Announce, when this session commits, that the conversation changed."""
     session.info.setdefault(_CHANGED, set()).add(str(conversation_id))
+
+
+def mark_queue_changed(session: Session) -> None:
+    """Announce, when this session commits, every waiting conversation: their places changed."""
+    session.info[_QUEUE_CHANGED] = True
 
 
 class Subscription:
@@ -149,10 +164,15 @@ class EventHub:
 
     def _before_commit(self, session: Session) -> None:
         session.flush()  # so that the last writes are collected too
+        if session.info.pop(_QUEUE_CHANGED, False):
+            for conversation_id in _waiting_ids(session):
+                mark_changed(session, conversation_id)
         changed = session.info.get(_CHANGED)
         if changed and session.get_bind().dialect.name == "postgresql":
-            for key in sorted(changed):
-                session.execute(text("SELECT pg_notify(:channel, :key)"), {"channel": CHANNEL, "key": key})
+            session.execute(
+                text("SELECT pg_notify(:channel, key) FROM unnest(CAST(:keys AS text[])) AS key"),
+                {"channel": CHANNEL, "keys": sorted(changed)},
+            )
 
     def _after_commit(self, session: Session) -> None:
         changed = session.info.pop(_CHANGED, None)
@@ -168,10 +188,31 @@ def _collect_flushed(session: Session, _context: Any) -> None:
     for obj in session.dirty:
         if isinstance(obj, Conversation) and session.is_modified(obj, include_collections=False):
             mark_changed(session, obj.id)
+            if _has_changes(obj, *_QUEUE_COLUMNS):
+                mark_queue_changed(session)
+        elif isinstance(obj, Operator) and _has_changes(obj, "on_shift"):  # the wait estimates change
+            mark_queue_changed(session)
+
+
+def _has_changes(obj: object, *columns: str) -> bool:
+    attrs = inspect(obj).attrs
+    return any(attrs[column].history.has_changes() for column in columns)
+
+
+def _waiting_ids(session: Session) -> list[uuid.UUID]:
+    return list(
+        session.scalars(
+            select(Conversation.id)
+            .where(Conversation.status == "escalated", Conversation.assigned_operator_id.is_(None))
+            .order_by(Conversation.priority.desc(), Conversation.queued_at)
+            .limit(QUEUE_WAKE_LIMIT)
+        )
+    )
 
 
 def _forget(session: Session) -> None:
     session.info.pop(_CHANGED, None)
+    session.info.pop(_QUEUE_CHANGED, None)
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from assistant.events import mark_changed
+from assistant.events import mark_changed, mark_queue_changed
 from assistant.keys import KeyInfo
 from assistant.models import (
     Conversation,
@@ -309,7 +309,7 @@ def claim(session: Session, conversation_id: uuid.UUID, operator: Operator, now:
     )
     if (mine or 0) >= operator.max_concurrent:
         raise AtCapacityError(f"you already own {mine} conversations (at most {operator.max_concurrent})")
-    return _change(
+    claimed = _change(
         session,
         conversation_id,
         operator,
@@ -318,6 +318,8 @@ def claim(session: Session, conversation_id: uuid.UUID, operator: Operator, now:
         claimed_at=now,
         updated_at=now,
     )
+    mark_queue_changed(session)  # everyone behind it moved up
+    return claimed
 
 
 def _owned(operator: Operator) -> list[object]:
@@ -348,7 +350,7 @@ def transfer(
 
 def release(session: Session, conversation_id: uuid.UUID, operator: Operator, now: datetime) -> Conversation:
     """Put a conversation you own back in the queue, at the place it had (``queued_at`` is kept)."""
-    return _change(
+    released = _change(
         session,
         conversation_id,
         operator,
@@ -357,6 +359,8 @@ def release(session: Session, conversation_id: uuid.UUID, operator: Operator, no
         claimed_at=None,
         updated_at=now,
     )
+    mark_queue_changed(session)  # those queued after it moved down
+    return released
 
 
 def hand_back(

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from fastapi.responses import JSONResponse
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -53,6 +54,11 @@ class Resume:
 
 
 Claim = Replay | Fresh | Resume
+
+
+def replay_response(replay: Replay) -> JSONResponse:
+    """The stored response, marked as a replay (``Idempotent-Replayed: true``)."""
+    return JSONResponse(replay.body, status_code=replay.status_code, headers={"Idempotent-Replayed": "true"})
 
 
 def claim(

@@ -3,7 +3,9 @@
 Only the operator who owns a conversation (``assigned_operator_id``) may ask for suggestions or send;
 others get a 409 with code ``not_assigned_to_you`` (like the other workspace conflicts). A sent message
 answers 202 with its pending delivery and ``deliver_at``: until then ``.../undo`` cancels it, afterwards
-undo is a 409 (``undo_window_closed`` or ``already_delivered``).
+undo is a 409 (``undo_window_closed`` or ``already_delivered``). A send may carry an ``Idempotency-Key``:
+a retry with the same key replays the first answer (nothing is scheduled twice), the same key with a
+different body is a 422 (``idempotency_key_reused``).
 """
 
 from __future__ import annotations
@@ -11,11 +13,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from sqlalchemy.orm import Session
 
+from assistant.api import idempotency
+from assistant.api.conversations import IdempotencyKey
 from assistant.api.deps import ServicesDep
 from assistant.api.errors import ApiError, ConflictError, ErrorOut, NotFoundError, UnprocessableError
 from assistant.api.operators import CurrentOperator
@@ -137,8 +142,12 @@ def send_message(
     request: Request,
     operator: CurrentOperator,
     services: ServicesDep,
+    idempotency_key: IdempotencyKey = None,
 ) -> Any:
-    """Send a message to the customer after the undo window (``settings.operators.undo_seconds``)."""
+    """Send a message to the customer after the undo window (``settings.operators.undo_seconds``).
+
+    With an ``Idempotency-Key``, a retry replays the first answer (``Idempotent-Replayed: true``).
+    """
     limit = services.settings.api.max_message_chars
     if len(body.text) > limit:
         raise UnprocessableError(
@@ -148,7 +157,19 @@ def send_message(
         raise UnprocessableError(
             "draft_index needs the suggestion_set_id it belongs to", code="no_such_draft"
         )
+    lease = timedelta(seconds=services.settings.api.idempotency_lease_seconds)
     with _answering(), services.database.session() as session:
+        record_id = None  # a retry of a finished send replays it, even if the chat moved on since
+        if idempotency_key is not None:
+            path = f"/v1/operator/conversations/{conversation_id}/messages"
+            fingerprint = idempotency.request_fingerprint("POST", path, body.model_dump(mode="json"))
+            claim = idempotency.claim(
+                session, operator.api_key_id, idempotency_key, fingerprint, now=services.clock(), lease=lease
+            )
+            if isinstance(claim, idempotency.Replay):
+                return idempotency.replay_response(claim)
+            # The record commits with the delivery, so Fresh and Resume both mean nothing was scheduled.
+            record_id = claim.record_id
         _owned(session, conversation_id, operator)
         if body.suggestion_set_id is not None:
             chosen = find_suggestion_set(session, conversation_id, body.suggestion_set_id)
@@ -164,6 +185,8 @@ def send_message(
             draft_index=body.draft_index,
         )
         out = DeliveryOut.model_validate(row, from_attributes=True)
+        if record_id is not None:
+            idempotency.complete(session, record_id, 202, out.model_dump(mode="json"))
     _wake_worker(request)
     return out
 

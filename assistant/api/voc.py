@@ -3,15 +3,17 @@ keys), trend alerts, knowledge gaps, the content audit, the review queue and the
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date, datetime, time, timedelta
 from typing import Annotated, Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import Response
+from pydantic import BeforeValidator
 
 from assistant.api.deps import AdminKey, CustomerKey, ServicesDep, require_role
 from assistant.api.errors import ConflictError, ErrorOut, NotFoundError, UnprocessableError
@@ -53,6 +55,18 @@ from assistant.voc.surveys import (
 )
 
 router = APIRouter(tags=["voice of the customer"])
+
+
+_ISO_START = re.compile(r"^\d{4}-\d{2}-\d{2}")
+
+
+def _iso_text(value: object) -> object:
+    """Dates and times as ISO 8601 text only (pydantic would also read "0" as a Unix timestamp)."""
+    if isinstance(value, str) and not _ISO_START.match(value):
+        raise ValueError(f"{value!r} is not an ISO 8601 date or time")
+    return value
+
+
 StaffKey = Annotated[KeyInfo, Depends(require_role("operator", "admin"))]
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorOut} for code in (401, 403, 404, 409, 422, 429)
@@ -90,7 +104,11 @@ def post_survey(
 def get_alerts(
     key: StaffKey,
     services: ServicesDep,
-    since: Annotated[datetime | None, Query(description="Only alerts raised at or after this time.")] = None,
+    since: Annotated[
+        datetime | None,
+        Query(description="Only alerts raised at or after this time (ISO 8601 with a zone)."),
+        BeforeValidator(_iso_text),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> list[AlertOut]:
     """Trend alerts, newest first."""
@@ -198,41 +216,31 @@ def dismiss_review_item(item_id: ItemId, key: StaffKey, services: ServicesDep) -
         return ReviewOut.of(dismiss_item(session, item_id, key.id, services.clock()))
 
 
-DayParam = Annotated[date | None, Query(description="A calendar day (YYYY-MM-DD) in the report's time zone.")]
-ZoneParam = Annotated[str | None, Query(max_length=64, description="IANA time zone (default: settings).")]
+EndParam = Annotated[
+    date | None,
+    Query(description="The report's last calendar day (YYYY-MM-DD, report time zone); default today."),
+    BeforeValidator(_iso_text),
+]
+DaysParam = Annotated[
+    int, Query(ge=1, le=366, description="How many days the report covers, ending on ``end``.")
+]
 
 
-def _report(services: Any, start: date | None, end: date | None, timezone: str | None) -> Report:
-    """The report of the days ``start``..``end`` (inclusive; default: the last 14 days up to today)."""
-    zone_name = timezone or services.settings.voc.report_timezone
-    try:
-        zone = ZoneInfo(zone_name)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise UnprocessableError(f"unknown time zone {zone_name!r}", code="unknown_timezone") from exc
-    today = services.clock().astimezone(zone).date()
-    last = end or today
-    first = start or last - timedelta(days=13)
-    if first > last or (last - first).days > 366:
-        raise UnprocessableError(
-            f"start {first} must not be after end {last}, and a report covers at most 367 days",
-            code="bad_period",
-        )
-    begin = datetime.combine(first, time(), zone)
+def _report(services: Any, end: date | None, days: int) -> Report:
+    """The report of the ``days`` calendar days ending on ``end``, in the configured time zone."""
+    zone_name = services.settings.voc.report_timezone
+    zone = ZoneInfo(zone_name)
+    last = end or services.clock().astimezone(zone).date()
+    begin = datetime.combine(last - timedelta(days=days - 1), time(), zone)
     stop = datetime.combine(last + timedelta(days=1), time(), zone)
     with services.database.session() as session:
         return build_report(session, begin, stop, zone_name)
 
 
 @router.get("/v1/voc/report", response_model=ReportOut, responses=_ERRORS)
-def get_report(
-    key: StaffKey,
-    services: ServicesDep,
-    start: DayParam = None,
-    end: DayParam = None,
-    timezone: ZoneParam = None,
-) -> ReportOut:
+def get_report(key: StaffKey, services: ServicesDep, end: EndParam = None, days: DaysParam = 14) -> ReportOut:
     """KPIs by day and by path: automation, escalation by reason, CSAT, CES, NPS, top topics."""
-    return ReportOut.of(_report(services, start, end, timezone))
+    return ReportOut.of(_report(services, end, days))
 
 
 @router.get(
@@ -241,12 +249,8 @@ def get_report(
     response_class=Response,
 )
 def get_report_png(
-    key: StaffKey,
-    services: ServicesDep,
-    start: DayParam = None,
-    end: DayParam = None,
-    timezone: ZoneParam = None,
+    key: StaffKey, services: ServicesDep, end: EndParam = None, days: DaysParam = 14
 ) -> Response:
     """The report's charts as a PNG (volume and automation, escalation reasons, CSAT/CES, NPS by path)."""
-    png = report_png(_report(services, start, end, timezone))
+    png = report_png(_report(services, end, days))
     return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 from pydantic.json_schema import SkipJsonSchema
 
 from assistant.api.schemas import VISIBLE_PATTERN, Identifier, MessageText, clean_text
@@ -29,6 +29,13 @@ def _clean(value: str) -> str:
     return clean_text(value)
 
 
+def _whole_number(value: object) -> object:
+    """JSON Schema's integers include 5.0: take it as 5 (strings and booleans stay refused)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 _ANSWERS = ("csat", "ces", "nps", "resolved", "reasons", "comment")
 
 
@@ -40,15 +47,17 @@ class SurveyCreate(_Request):
         extra="forbid", json_schema_extra={"anyOf": [{"required": [name]} for name in _ANSWERS]}
     )
 
-    csat: Annotated[int, Field(ge=1, le=6, strict=True)] | SkipJsonSchema[None] = Field(
+    csat: (
+        Annotated[int, Field(ge=1, le=6, strict=True), BeforeValidator(_whole_number)] | SkipJsonSchema[None]
+    ) = Field(
         default=None, description="1-5 very dissatisfied..very satisfied; 6 = 「感動した」 (delighted)."
     )
-    ces: Annotated[int, Field(ge=0, le=10, strict=True)] | SkipJsonSchema[None] = Field(
-        default=None, description="Customer effort, 0-10: higher means easier."
-    )
-    nps: Annotated[int, Field(ge=0, le=10, strict=True)] | SkipJsonSchema[None] = Field(
-        default=None, description="How likely to recommend us, 0-10."
-    )
+    ces: (
+        Annotated[int, Field(ge=0, le=10, strict=True), BeforeValidator(_whole_number)] | SkipJsonSchema[None]
+    ) = Field(default=None, description="Customer effort, 0-10: higher means easier.")
+    nps: (
+        Annotated[int, Field(ge=0, le=10, strict=True), BeforeValidator(_whole_number)] | SkipJsonSchema[None]
+    ) = Field(default=None, description="How likely to recommend us, 0-10.")
     resolved: StrictBool | SkipJsonSchema[None] = None
     reasons: list[Reason] = Field(default_factory=list, min_length=1, max_length=len(REASONS))
     comment: (

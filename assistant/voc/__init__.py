@@ -6,6 +6,6 @@ the bot failed), ``audit`` (FAQ entries nobody sees, that fail, that are stale o
 ``review`` (the review queue that turns failed questions into question variations or new entries),
 ``overlay`` (the learned-variations file in the knowledge-base folder), ``report`` (KPIs by day and path).
 
-Errors: each module documents its own (``SurveyError`` and friends in ``surveys``, ``ReviewError`` in
-``review``, ``WebhookError`` in ``alerts``).
+Errors: each module documents its own (``SurveyError`` and its children in ``surveys``,
+``ReviewError`` and its children in ``review``); a webhook failure is recorded, never raised.
 """

@@ -69,8 +69,8 @@
 
   async function load(key) {
     const params = new URLSearchParams();
-    if ($("start").value) params.set("start", $("start").value);
     if ($("end").value) params.set("end", $("end").value);
+    if ($("days").value) params.set("days", $("days").value);
     const query = params.toString() ? `?${params}` : "";
     const report = await (await get(`/v1/voc/report${query}`, key)).json();
     const png = await (await get(`/v1/voc/report.png${query}`, key)).blob();

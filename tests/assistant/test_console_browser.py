@@ -107,7 +107,7 @@ def test_claim_edit_a_suggestion_undo_send_and_resolve(
     cid = _escalated_conversation(base, keys["customer"])
     stream = CustomerStream(base, cid, keys["customer"])
     errors: list[str] = []
-    page = browser.new_page()
+    page = browser.new_page(locale="en-US")
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
     page.goto(f"{base}/console")
@@ -167,7 +167,7 @@ def test_the_console_page_is_not_frameable_and_asks_for_a_key(
     response = httpx.get(f"{base}/console")
     assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
     assert all(key not in response.text for key in keys.values())  # the page carries no key
-    page = browser.new_page()
+    page = browser.new_page(locale="en-US")
     page.goto(f"{base}/console")
     page.wait_for_selector("body[data-ready=login]")
     page.fill('[data-testid="key"]', keys["customer"])

@@ -327,3 +327,36 @@ def test_a_restart_delivers_every_pending_message_exactly_once(
                 mine = (Message.conversation_id == uuid.UUID(cid), Message.role == "operator")
                 texts = session.scalars(select(Message.text).where(*mine).order_by(Message.seq)).all()
                 assert texts == [f"{cid}:0", f"{cid}:1"]
+
+
+def test_a_retried_send_with_the_same_idempotency_key_is_scheduled_once(api: Api) -> None:
+    cid = _claimed(api)
+    with api.services.database.session() as session:
+        api.keys["operator2"] = issue_key(session, "operator", "operator2").secret
+    url = f"/v1/operator/conversations/{cid}/messages"
+
+    def send(text: str, key: str, who: str = "operator") -> Any:
+        headers = api.headers(who, **{"Idempotency-Key": key})
+        return api.client.post(url, json={"text": text}, headers=headers)
+
+    first = send("確認いたします。", "send-1")
+    assert first.status_code == 202 and "Idempotent-Replayed" not in first.headers
+    retried = send("確認いたします。", "send-1")
+    assert (retried.status_code, retried.json()) == (202, first.json())
+    assert retried.headers["Idempotent-Replayed"] == "true"
+    reused = send("別の文面です。", "send-1")
+    assert (reused.status_code, reused.json()["code"]) == (422, "idempotency_key_reused")
+    # Keys belong to the API key that used them: another operator's "send-1" is a request of its own.
+    theirs = send("確認いたします。", "send-1", who="operator2")
+    assert (theirs.status_code, theirs.json()["code"]) == (409, "not_assigned_to_you")
+    malformed = send("確認いたします。", "has space")
+    assert (malformed.status_code, malformed.json()["code"]) == (422, "validation_error")
+    with api.services.database.session() as session:
+        scheduled = session.scalars(select(OperatorDelivery).where(OperatorDelivery.conversation_id == uuid.UUID(cid)))
+        assert [d.text for d in scheduled] == ["確認いたします。"]
+
+    api.clock.advance(timedelta(seconds=UNDO))
+    _wait_for_operator_messages(api, 1)
+    late = send("確認いたします。", "send-1")  # a retry after delivery still replays the first answer
+    assert (late.status_code, late.json()["id"]) == (202, first.json()["id"])
+    _wait_for_operator_messages(api, 1)

@@ -154,6 +154,9 @@ def test_alerts_through_the_api_and_the_cli(
     assert api.client.get("/v1/voc/alerts", headers=api.headers("customer")).status_code == 403
     naive = api.client.get("/v1/voc/alerts?since=2026-11-22T00:00:00", headers=api.headers("admin"))
     assert naive.status_code == 422 and naive.json()["code"] == "naive_time"
+    for bad in ("2026-13-01T00:00Z", "0.5", "1700000000"):
+        refused = api.client.get(f"/v1/voc/alerts?since={bad}", headers=api.headers("admin"))
+        assert refused.status_code == 422 and refused.json()["code"] == "validation_error", bad
     later = api.client.get("/v1/voc/alerts?since=2030-01-01T00:00:00Z", headers=api.headers("admin"))
     assert later.status_code == 200 and later.json() == []
     assert api.client.get("/v1/voc/alerts?limit=0", headers=api.headers("admin")).status_code == 422

@@ -3,13 +3,16 @@ SQLite store), the learned variations surviving a rebuild, and the LocalgovFAQ k
 
 from __future__ import annotations
 
+import json
 import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
+from assistant.cli import app as cli_app
 from assistant.db import Database, upgrade
 from assistant.keys import issue_key
 from assistant.transcripts import BotReply, NewConversation, add_bot_reply, add_message, open_conversation
@@ -128,3 +131,45 @@ def test_learning_from_resolved_chats_raises_recall_on_held_out_localgovfaq_quer
     # Measured: Recall@10 0.756 without, 0.779 with learning (grade >= 1 relevant; grade 2 linked).
     assert summary["recall@10/with_learning"] > summary["recall@10/without"] + 0.01
     assert summary["mrr@10/with_learning"] > summary["mrr@10/without"]
+
+
+def test_the_review_and_learning_commands(
+    tmp_path: Path, cached_embedder: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kb = tmp_path / "kb"
+    shutil.copytree(SMALL_KB, kb)
+    for name, value in {"HOME": tmp_path, "KB_SOURCES": f'["{kb}"]', "INDEX_DIR": tmp_path / "index"}.items():
+        monkeypatch.setenv(f"MADOGUCHI_{name}", str(value))
+    build_index(tmp_path / "index", [kb], cached_embedder, root=kb)
+    url = f"sqlite:///{tmp_path / 'madoguchi.db'}"
+    upgrade(url)
+    database = Database.connect(url)
+    _failed_chat(database, "請求書が欲しい")
+    database.dispose()
+    runner = CliRunner()
+
+    def run(*args: str) -> Any:
+        result = runner.invoke(cli_app, ["voc", *args])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout) if result.stdout.strip() else None
+
+    run("review", "collect", "--days", "1")
+    [item] = run("review", "list")
+    assert item["question"] == "請求書が欲しい" and item["status"] == "pending"
+    gaps = run("gaps", "--days", "1", "--json")
+    assert gaps[0]["examples"] == ["請求書が欲しい"] and gaps[0]["reasons"] == {
+        "escalated": 1,
+        "low_confidence": 1,
+    }
+    refused = runner.invoke(cli_app, ["voc", "review", "link", str(item["id"]), "no-such-entry"])
+    assert refused.exit_code == 2 and "no FAQ entry 'no-such-entry'" in refused.output
+    run("review", "link", str(item["id"]), "receipt")
+    learned = run("learn", "--k", "1", "--no-track")
+    assert learned["learned_before"]["recall@1"] == 0.0 and learned["learned_after"]["recall@1"] == 1.0
+    assert run("review", "list", "--status", "linked")[0]["faq_id"] == "receipt"
+    nothing = runner.invoke(cli_app, ["voc", "learn", "--no-track"])
+    assert nothing.exit_code == 0 and "nothing reviewed to apply" in nothing.output
+    audit = run("audit", "--json", "--unseen-days", "1")
+    assert audit["entries"] == len(
+        [c for c in load_index(tmp_path / "index", cached_embedder).chunks if c.kind == "faq"]
+    )

@@ -464,16 +464,17 @@ def eval_e2e(
     no_track: NoTrackOpt = False,
     tracking_uri: TrackingUriOpt = None,
 ) -> None:
-    """Automation rate, verified resolution rate, CSAT by path and suggestion use, from the database."""
+    """Automation, verified resolution, CSAT by path, turn latency p50/p95/p99 by path and suggestion use."""
     from assistant.db import Database
     from eval.metrics.e2e import e2e_report
-    from eval.records import conversation_outcomes, suggestion_report, suggestion_rows
+    from eval.records import conversation_outcomes, suggestion_report, suggestion_rows, turn_latencies
 
     s = _settings()
     database = Database.connect(s.database_url)
     try:
         with database.session() as session:
-            metrics = e2e_report(conversation_outcomes(session)) | suggestion_report(suggestion_rows(session))
+            metrics = e2e_report(conversation_outcomes(session), turn_latencies(session))
+            metrics |= suggestion_report(suggestion_rows(session))
     finally:
         database.dispose()
     if not no_track:
@@ -874,6 +875,97 @@ def voc_report(
         png.write_bytes(report_png(report))
         err.print(f"charts written to {png}")
     _print_json(asdict(report))
+
+
+
+@voc_app.command("finetune")
+def voc_finetune(
+    out: Annotated[Path | None, typer.Option(help="Where to save the tuned model.")] = None,
+    holdout: Annotated[float, typer.Option(min=0.1, max=0.5, help="Share of questions held out.")] = 0.2,
+    k: Annotated[int, typer.Option(min=1, max=100)] = 10,
+    no_track: NoTrackOpt = False, tracking_uri: TrackingUriOpt = None,
+) -> None:
+    """Fine-tune the embedder on reviewed (question, entry) pairs; keep it only if it retrieves better.
+
+    Held-out reviewed questions decide: a better model is saved (default <home>/models/finetuned-<time>)
+    and the command prints the setting that makes it live (MADOGUCHI_EMBEDDER=<path>, then
+    ``madoguchi index build``); a worse one is deleted.
+    """
+    import random
+    import shutil
+    from datetime import UTC, datetime
+
+    from assistant.voc.finetune import (
+        FinetuneConfig,
+        FinetuneError,
+        finetune_model,
+        reviewed_links,
+        training_pairs,
+    )
+    from eval.learning import gate_finetuned
+    from eval.track import RunRecord
+    from index.e5convert import ensure_default_model
+    from index.embed import DEFAULT_SPECS, SentenceTransformerEmbedder
+
+    s = _settings()
+    index = _voc_index(s)
+    with _voc_database(s).session() as session:
+        links = reviewed_links(session)
+    random.Random(0).shuffle(links)
+    cut = max(1, int(len(links) * holdout))
+    held, train = links[:cut], links[cut:]
+    base = ensure_default_model(s.cache_dir) if s.embedder in DEFAULT_SPECS else s.embedder
+    target = out or s.home / "models" / f"finetuned-{datetime.now(UTC):%Y%m%dT%H%M%S}"
+    try:
+        tuned_path = finetune_model(base, training_pairs(index, train), target, FinetuneConfig())
+    except FinetuneError as exc:
+        _fail(f"{exc} (applied review links: {len(links)})")
+        return
+    questions = {f"held:{i}": link for i, link in enumerate(held)}
+    gate = gate_finetuned(index, questions, SentenceTransformerEmbedder(tuned_path), k=k)
+    if not gate.goes_live:
+        shutil.rmtree(tuned_path, ignore_errors=True)
+    if not no_track:
+        metrics = {f"{m}/before": v for m, v in gate.before.items()}
+        metrics |= {f"{m}/after": v for m, v in gate.after.items()}
+        params = {"train_pairs": len(train), "held_out": gate.held_out, "base": str(base), "k": k}
+        tags = {"goes_live": str(gate.goes_live)}
+        _log_record(s, tracking_uri, RunRecord("voc-finetune", params, metrics, tags))
+    _print_json({"goes_live": gate.goes_live, "model": str(tuned_path) if gate.goes_live else None,
+                 "held_out": gate.held_out, "before": gate.before, "after": gate.after})
+    if gate.goes_live:
+        err.print(f"better: set MADOGUCHI_EMBEDDER={tuned_path} and run `madoguchi index build`")
+
+
+
+@voc_app.command("finetune-experiment")
+def voc_finetune_experiment(
+    data: Annotated[Path, typer.Option(help="Folder with corpus.json, queries.dev.json, qrels.dev.json.")],
+    fold: Annotated[int, typer.Option(min=0, help="The held-out fold.")] = 0,
+    folds: Annotated[int, typer.Option(min=2, max=20)] = 5,
+    workdir: Annotated[Path | None, typer.Option(help="Where the tuned model goes (default: temp).")] = None,
+) -> None:
+    """LocalgovFAQ: fine-tune on the other folds' pairs, Recall@10 on one held-out fold (CPU: minutes)."""
+    import tempfile
+    from dataclasses import asdict
+
+    from eval.learning import LearningDataError, finetune_fold
+    from eval.retrieval import RetrievalDataError, load_retrieval_data
+    from index.e5convert import ensure_default_model
+
+    s = _settings()
+    if fold >= folds:
+        _fail(f"fold {fold} does not exist with {folds} folds")
+    try:
+        dataset = load_retrieval_data(data / "corpus.json", data / "queries.dev.json",
+                                      data / "qrels.dev.json")
+        with tempfile.TemporaryDirectory() as tmp:
+            result = finetune_fold(dataset, ensure_default_model(s.cache_dir), _embedder(s),
+                                   workdir or Path(tmp), fold=fold, folds=folds)
+    except (RetrievalDataError, LearningDataError) as exc:
+        _fail(str(exc))
+        return
+    _print_json(asdict(result))
 
 
 def main() -> None:

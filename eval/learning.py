@@ -23,12 +23,13 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
+from assistant.voc.finetune import FinetuneConfig, TrainingPair, finetune_model
 from assistant.voc.review import ReviewRecord, apply_changes
 from eval.metrics.retrieval import retrieval_report
 from eval.retrieval import RetrievalData, corpus_chunks
 from eval.track import RunRecord, TrackingConfig, log_run
 from index.build import UpdateReport
-from index.chunk import faq_chunk
+from index.chunk import embed_text, faq_chunk
 from index.documents import FaqEntry
 from index.embed import Embedder
 from index.search import KnowledgeIndex
@@ -205,3 +206,83 @@ def log_kfold(tracking: TrackingConfig, results: Sequence[FoldResult], params: M
         "voc-learning-kfold", dict(params), summarize_folds(results), {"kind": "learning"}, table
     )
     return log_run(tracking, record)
+
+
+# ------------------------------------------------------------------------------- fine-tuning the model
+
+
+def is_better(before: Mapping[str, float], after: Mapping[str, float], metric: str = "recall@10") -> bool:
+    """The gate of a tuned model: strictly better on ``metric``, and no worse on MRR."""
+    mrr = next((m for m in before if m.startswith("mrr@")), None)
+    return after[metric] > before[metric] and (mrr is None or after[mrr] >= before[mrr])
+
+
+@dataclass(frozen=True)
+class FinetuneFoldResult:
+    """One held-out fold under four configurations: base/tuned model, without/with learned variations."""
+
+    fold: int
+    queries: int
+    pairs: int
+    base: dict[str, float]
+    base_variations: dict[str, float]
+    tuned: dict[str, float]
+    tuned_variations: dict[str, float]
+    goes_live: bool
+
+
+def finetune_fold(
+    data: RetrievalData, base_model: Path, base_embedder: Embedder, workdir: Path, *, fold: int = 0,
+    folds: int = 5, seed: int = 0, k: int = 10, config: FinetuneConfig | None = None,
+) -> FinetuneFoldResult:  # fmt: skip
+    """Fine-tune on the other folds' (query, grade-2 entry) pairs; measure the held-out fold."""
+    from index.cache import CachedEmbedder, EmbeddingCache
+    from index.embed import SentenceTransformerEmbedder
+
+    assignment = fold_of(list(data.qrels), folds, seed)
+    test = [q for q, f in assignment.items() if f == fold]
+    train = [q for q, f in assignment.items() if f != fold]
+    qrels, queries = {q: data.qrels[q] for q in test}, {q: data.queries[q] for q in test}
+    plain = corpus_chunks(data.corpus)
+    learned, _ = learned_chunks(data, train)
+    text = {c.source_id: embed_text(c) for c in plain}
+    pairs = [
+        TrainingPair(data.queries[q], text[doc])
+        for q in train
+        for doc, g in data.qrels[q].items()
+        if g >= LINK_GRADE
+    ]
+    tuned_path = finetune_model(base_model, pairs, workdir / "model", config or FinetuneConfig())
+    tuned = CachedEmbedder(
+        SentenceTransformerEmbedder(tuned_path), EmbeddingCache(workdir / "embeddings.sqlite")
+    )
+
+    def measure(chunks: list, embedder: Embedder) -> dict[str, float]:  # type: ignore[type-arg]
+        return retrieval_report(_runs(KnowledgeIndex.from_chunks(chunks, embedder), queries, k), qrels, k)
+
+    base, tuned_plain = measure(plain, base_embedder), measure(plain, tuned)
+    return FinetuneFoldResult(
+        fold, len(test), len(pairs), base, measure(learned, base_embedder), tuned_plain,
+        measure(learned, tuned), is_better(base, tuned_plain),
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class FinetuneGate:
+    """A tuned model measured against the live one on held-out reviewed questions."""
+
+    held_out: int
+    before: dict[str, float]
+    after: dict[str, float]
+    goes_live: bool
+
+
+def gate_finetuned(
+    index: KnowledgeIndex, questions: Mapping[str, tuple[str, str]], tuned: Embedder, *, k: int = 10
+) -> FinetuneGate:
+    """Re-index the knowledge base with ``tuned`` and compare retrieval of ``questions`` with ``index``."""
+    if not questions:
+        raise LearningDataError("no held-out questions to judge the tuned model on")
+    before = evaluate_questions(index, questions, k)
+    after = evaluate_questions(KnowledgeIndex.from_chunks(index.chunks, tuned, index.fusion), questions, k)
+    return FinetuneGate(len(questions), before, after, is_better(before, after, f"recall@{k}"))

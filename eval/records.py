@@ -11,6 +11,8 @@
 - ``suggestions``: the operators' use of suggested replies (used, edited with a similarity, ignored).
 - ``conversation_outcomes``: the closed conversations for ``eval.metrics.e2e`` (automation rate,
   verified resolution rate, CSAT by path).
+- ``turn_latencies``: for every bot reply, the time from the customer message it answers
+  (``messages.reply_to_id``) to the reply, with the conversation's path (turn latency percentiles).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 
 from datasets import Features, List, Value
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from assistant.db import Database
 from assistant.models import (
@@ -34,7 +36,7 @@ from assistant.models import (
     SurveyResponse,
 )
 from eval.datasets import BuiltDataset, DatasetError, build_dataset, example
-from eval.metrics.e2e import ConversationOutcome
+from eval.metrics.e2e import ConversationOutcome, TurnLatency
 
 RECORD_KINDS = ("chats", "labels", "suggestions")
 
@@ -224,7 +226,7 @@ def conversation_outcomes(session: Session) -> list[ConversationOutcome]:
     out = []
     for c in session.scalars(select(Conversation).order_by(Conversation.created_at)):
         r, s, votes = resolutions.get(c.id), surveys.get(c.id), ratings.get(c.id, [])
-        path = r.path if r is not None else (s.path if s is not None else "bot")
+        path = _path(r, s)
         if s is not None and s.resolved is not None:
             confirmed: bool | None = bool(s.resolved)
         elif votes:
@@ -242,3 +244,31 @@ def conversation_outcomes(session: Session) -> list[ConversationOutcome]:
             )
         )
     return out
+
+
+def _path(resolution: Resolution | None, survey: SurveyResponse | None) -> str:
+    """A conversation's path: its resolution's, else its survey's, else the bot's."""
+    if resolution is not None:
+        return resolution.path
+    return survey.path if survey is not None else "bot"
+
+
+def turn_latencies(session: Session) -> list[TurnLatency]:
+    """Every bot reply's latency (its customer message's ``created_at`` to its own), with the path."""
+    resolutions = {r.conversation_id: r for r in session.scalars(select(Resolution))}
+    surveys = {s.conversation_id: s for s in session.scalars(select(SurveyResponse))}
+    question = aliased(Message)
+    rows = session.execute(
+        select(Message.conversation_id, question.created_at, Message.created_at)
+        .join(question, Message.reply_to_id == question.id)
+        .where(Message.role == "bot", question.role == "customer")
+        .order_by(Message.id)
+    )
+    return [
+        TurnLatency(
+            conversation_id=str(cid),
+            path=_path(resolutions.get(cid), surveys.get(cid)),  # type: ignore[arg-type]
+            milliseconds=(replied - asked).total_seconds() * 1000,
+        )
+        for cid, asked, replied in rows
+    ]

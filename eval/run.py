@@ -290,7 +290,9 @@ def compute_metrics(
     results = list(results)
     if suite.answers != "none":
         pairs = _answer_examples(results, rows, index, suite.answers)
-        scores, means = score_answers([e for _, e in pairs], judge=judge)
+        scores, means = score_answers(
+            [e for _, e in pairs], judge=judge, context_metrics=suite.context_metrics
+        )
         for (i, _), s in zip(pairs, scores, strict=True):
             results[i] = ExampleResult(**{**asdict(results[i]), "answer_scores": s})
         metrics.update({f"answer/{k}": v for k, v in means.items()})

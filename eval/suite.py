@@ -76,6 +76,11 @@ class SuiteConfig(BaseModel):
     # Answer metrics: off, on the bot's reply (answered examples), on the operator's first suggested
     # reply (``assistant.suggest``), or on the top retrieved passage.
     answers: Literal["none", "reply", "suggestion", "top_passage"] = "none"
+    # Passage metrics of the answer examples (``eval.metrics.answers.CONTEXT_METRICS``): ragas'
+    # whole-string context recall/precision, and term containment of the gold passages ("grounding").
+    context_metrics: list[Literal["ragas", "grounding"]] = Field(
+        default_factory=lambda: ["ragas", "grounding"]
+    )
     target_precision: float = Field(default=0.95, gt=0.0, le=1.0)
     # The replay happens at this time with this many operators on shift, so that hand-offs are
     # escalations (a weekday morning in Tokyo, desk open) and replays are reproducible.

@@ -349,6 +349,7 @@
     $("pending").replaceChildren();
     $("chat").hidden = false;
     renderLists(); renderPacket(); renderLog(); renderNotes(); renderTargets(); renderNotice();
+    loadOperators();  // who may take a transfer now
     const lastSeq = lastSeqOf(state.chat);
     state.chat.stream = openStream(`/v1/operator/conversations/${id}/events`, {
       lastId: String(lastSeq),

@@ -11,7 +11,14 @@ Non-LLM (no model, no network):
   of the term sequences;
 - ``context_recall`` and ``context_precision``: ragas ``NonLLMContextRecall`` and
   ``NonLLMContextPrecisionWithReference`` (retrieved passages against the gold passages, by string
-  similarity).
+  similarity). They compare *whole* strings, so they suit gold passages of the retrieved kind (an FAQ
+  entry) and read 0.0 when the gold is a short span inside long passages (doc2dial);
+- ``grounding_recall``, ``grounding_recall_at_1`` and ``response_grounding_recall``: containment, not
+  similarity: the share of the gold passages' content-word terms (``index.textja.terms``, counted with
+  repeats) found in all the retrieved passages, in the top passage alone, and in the response. A gold
+  span quoted inside a 1,200-character passage scores 1.0.
+
+Which context metrics run is chosen by ``context_metrics`` (``"ragas"``, ``"grounding"``).
 
 LLM-judged (``JudgeConfig``: any litellm model string): ragas ``Faithfulness``, ``AnswerRelevancy``
 (with our own embedder), ``ContextPrecision`` and ``ContextRecall``, through ragas' litellm adapter.
@@ -24,6 +31,7 @@ import logging
 import math
 import unicodedata
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +40,17 @@ from index.embed import Embedder
 from index.textja import terms
 
 log = logging.getLogger(__name__)
-NON_LLM_METRICS = ("string_similarity", "chrf", "bleu", "rouge_l", "context_recall", "context_precision")
+CONTEXT_METRICS = {
+    "ragas": ("context_recall", "context_precision"),
+    "grounding": ("grounding_recall", "grounding_recall_at_1", "response_grounding_recall"),
+}
+NON_LLM_METRICS = (
+    "string_similarity",
+    "chrf",
+    "bleu",
+    "rouge_l",
+    *(m for v in CONTEXT_METRICS.values() for m in v),
+)
 JUDGE_METRICS = ("faithfulness", "answer_relevancy", "llm_context_precision", "llm_context_recall")
 
 
@@ -63,14 +81,49 @@ def encoded_terms(*texts: str) -> list[str]:
     return [" ".join(vocab.setdefault(t, f"w{len(vocab)}") for t in terms(x)) for x in texts]
 
 
+def term_recall(gold: str, found: Sequence[str]) -> float:
+    """Share of the gold text's content-word terms (with repeats) that the found texts hold together.
+
+    nan when the gold text has no content word. Japanese is tokenized by Sudachi, English stemmed.
+    """
+    wanted = Counter(terms(gold))
+    if not wanted:
+        return math.nan
+    have = Counter(t for text in found for t in terms(text))
+    return sum((wanted & have).values()) / sum(wanted.values())
+
+
+def grounding_scores(
+    reference_contexts: Sequence[str], retrieved_contexts: Sequence[str], response: str = ""
+) -> dict[str, float]:
+    """Containment of the gold passages in the retrieved passages (all, top one) and in the response."""
+    gold = "\n".join(reference_contexts)
+    scores = {
+        "grounding_recall": term_recall(gold, retrieved_contexts),
+        "grounding_recall_at_1": term_recall(gold, retrieved_contexts[:1]),
+    }
+    if response:
+        scores["response_grounding_recall"] = term_recall(gold, [response])
+    return {k: v for k, v in scores.items() if math.isfinite(v)}
+
+
 def _nfkc(text: str) -> str:
     return unicodedata.normalize("NFKC", text).strip()
 
 
 class NonLLMScorer:
-    """The non-LLM metrics, built once (ragas metric objects are reusable)."""
+    """The non-LLM metrics, built once (ragas metric objects are reusable).
 
-    def __init__(self) -> None:
+    ``context_metrics``: which passage metrics to compute (keys of ``CONTEXT_METRICS``).
+    """
+
+    def __init__(self, context_metrics: Sequence[str] = ("ragas", "grounding")) -> None:
+        unknown = set(context_metrics) - set(CONTEXT_METRICS)
+        if unknown:
+            raise ValueError(
+                f"unknown context metrics {sorted(unknown)!r}; choose from {list(CONTEXT_METRICS)}"
+            )
+        self.context_metrics = tuple(context_metrics)
         with warnings.catch_warnings():  # ragas marks its legacy single-turn metrics deprecated
             warnings.simplefilter("ignore", DeprecationWarning)
             from ragas.metrics import NonLLMContextPrecisionWithReference, NonLLMContextRecall
@@ -95,7 +148,11 @@ class NonLLMScorer:
             terms_pair = {"reference": ref_terms, "response": resp_terms}
             out["bleu"] = self._value(self._bleu, **terms_pair) if both else 0.0
             out["rouge_l"] = self._value(self._rouge, **terms_pair) if both else 0.0
-        if example.retrieved_contexts and example.reference_contexts:
+        if not (example.retrieved_contexts and example.reference_contexts):
+            return out
+        if "grounding" in self.context_metrics:
+            out.update(grounding_scores(example.reference_contexts, example.retrieved_contexts, response))
+        if "ragas" in self.context_metrics:
             from ragas import SingleTurnSample
 
             sample = SingleTurnSample(
@@ -177,13 +234,16 @@ class JudgeScorer:
 
 
 def score_answers(
-    examples: Sequence[AnswerExample], *, judge: JudgeScorer | None = None
+    examples: Sequence[AnswerExample],
+    *,
+    judge: JudgeScorer | None = None,
+    context_metrics: Sequence[str] = ("ragas", "grounding"),
 ) -> tuple[list[dict[str, float]], dict[str, float]]:
     """Per-example scores and their means (nan-free means over the examples that have each metric).
 
     A judge failure on one example is logged and leaves that example without judged metrics.
     """
-    scorer = NonLLMScorer()
+    scorer = NonLLMScorer(context_metrics)
     rows: list[dict[str, float]] = []
     for e in examples:
         row = scorer.score(e)

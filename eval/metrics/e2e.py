@@ -6,7 +6,8 @@ Definitions (strict on purpose):
   customer confirmed (a survey saying it was resolved, or a thumbs-up with no thumbs-down). A
   customer who went quiet confirms nothing;
 - CSAT by path: the mean satisfaction score of the conversations on each path (bot only, handed off);
-- latency percentiles: of the reply latencies given, in milliseconds.
+- latency percentiles: of the reply latencies given, in milliseconds; ``latency_report`` gives the
+  turn latency (a customer message to the bot's reply to it) at p50/p95/p99, overall and by path.
 """
 
 from __future__ import annotations
@@ -71,8 +72,36 @@ def latency_percentiles(
     return out
 
 
-def e2e_report(conversations: Sequence[ConversationOutcome]) -> dict[str, float]:
-    """The end-to-end metrics as flat, MLflow-ready numbers."""
+@dataclass(frozen=True)
+class TurnLatency:
+    """How long the bot took to reply to one customer message, in a conversation on ``path``."""
+
+    conversation_id: str
+    path: Path
+    milliseconds: float
+
+
+TURN_PERCENTILES = (50, 95, 99)
+
+
+def latency_report(turns: Sequence[TurnLatency]) -> dict[str, float]:
+    """Turn latency p50/p95/p99 (ms) of all turns and of each path, with the number of turns of each."""
+    groups: dict[str, list[float]] = {"": [t.milliseconds for t in turns]}
+    for t in turns:
+        groups.setdefault(f"{t.path}_", []).append(t.milliseconds)
+    out: dict[str, float] = {}
+    for prefix, values in sorted(groups.items()):
+        out[f"turns_{prefix}n" if prefix else "turns"] = float(len(values))
+        if values:
+            for name, v in latency_percentiles(values, TURN_PERCENTILES).items():
+                out[f"turn_latency_ms_{prefix}{name}"] = v
+    return out
+
+
+def e2e_report(
+    conversations: Sequence[ConversationOutcome], latencies: Sequence[TurnLatency] | None = None
+) -> dict[str, float]:
+    """The end-to-end metrics as flat, MLflow-ready numbers (turn latencies when given)."""
     closed = [c for c in conversations if c.closed]
     out = {
         "conversations": float(len(conversations)),
@@ -83,4 +112,6 @@ def e2e_report(conversations: Sequence[ConversationOutcome]) -> dict[str, float]
     for path, (mean, n) in csat_by_path(conversations).items():
         out[f"csat_{path}"] = mean
         out[f"csat_{path}_n"] = float(n)
+    if latencies is not None:
+        out.update(latency_report(latencies))
     return out

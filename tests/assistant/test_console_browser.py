@@ -2,7 +2,10 @@
 
 An operator signs in, claims an escalated chat, edits a suggested reply, sends it and undoes it within
 the window, sends it again, and resolves; the customer's server-sent event stream, open the whole
-time, receives exactly the one message that was sent. Debian's ``chromium`` driven by Playwright
+time, receives exactly the one message that was sent. Two operators' consoles follow the desk through
+the live event streams alone (the safety refresh set to ten minutes): a new hand-off and the customer's
+messages appear without a reload; an internal note stays away from the customer; a transfer moves the
+chat to the other console, which hands it back to the bot. Debian's ``chromium`` driven by Playwright
 (``executable_path``; never ``playwright install``); the production app with the real responder.
 """
 
@@ -12,6 +15,7 @@ import json
 import shutil
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +38,13 @@ pytestmark = [
 ]
 playwright_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
 UNDO_SECONDS = 2.0
+Running = tuple[str, Database, dict[str, str]]  # the server's URL, its database, its keys
 
 
-@pytest.fixture
-def server(tmp_path: Path, responder: Any) -> Iterator[tuple[str, Database, dict[str, str]]]:
+@contextmanager
+def _serve(tmp_path: Path, responder: Any, **operators: Any) -> Iterator[Running]:
     """The app under uvicorn in a thread, with a short undo window; yields its URL, database and keys."""
-    operators = {"undo_seconds": UNDO_SECONDS, "delivery_poll_seconds": 0.2}
+    operators = {"undo_seconds": UNDO_SECONDS, "delivery_poll_seconds": 0.2, **operators}
     settings = Settings(home=tmp_path, port=free_port(), operators=operators)
     upgrade(settings)
     database = Database.connect(settings.database_url)
@@ -47,6 +52,7 @@ def server(tmp_path: Path, responder: Any) -> Iterator[tuple[str, Database, dict
         keys = {
             "customer": issue_key(session, "customer", "shop").secret,
             "operator": issue_key(session, "operator", "Sato").secret,
+            "operator2": issue_key(session, "operator", "Suzuki").secret,
         }
     app = create_app(settings, Services(settings=settings, database=database, responder=responder))
     try:
@@ -54,6 +60,19 @@ def server(tmp_path: Path, responder: Any) -> Iterator[tuple[str, Database, dict
             yield base_url, database, keys
     finally:
         database.dispose()
+
+
+@pytest.fixture
+def server(tmp_path: Path, responder: Any) -> Iterator[tuple[str, Database, dict[str, str]]]:
+    with _serve(tmp_path, responder) as running:
+        yield running
+
+
+@pytest.fixture
+def short_streams(tmp_path: Path, responder: Any) -> Iterator[tuple[str, Database, dict[str, str]]]:
+    """The same app, its event streams ending after 1.5 s (clients must reconnect and resume)."""
+    with _serve(tmp_path, responder, stream_seconds=1.5, recheck_seconds=60) as running:
+        yield running
 
 
 @pytest.fixture
@@ -175,3 +194,126 @@ def test_the_console_page_is_not_frameable_and_asks_for_a_key(
     page.wait_for_selector('[data-testid="error"]:not([hidden])')
     assert "not an operator key" in page.locator('[data-testid="error"]').inner_text()
     assert page.locator('[data-testid="desk"]').is_hidden()
+
+
+def _sign_in(browser: Any, base: str, key: str, locale: str, errors: list[str]) -> Any:
+    """A console page signed in with ``key``, its desk stream live, with a ten-minute safety refresh."""
+    page = browser.new_page(locale=locale)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.goto(f"{base}/console?refresh_s=600")
+    page.wait_for_selector("body[data-ready=login]")
+    page.fill('[data-testid="key"]', key)
+    page.click('[data-testid="connect"]')
+    page.wait_for_selector("body[data-ready=true]")
+    page.wait_for_selector('[data-testid="live"][data-state="live"]')
+    return page
+
+
+LIVE_MS = 3_000  # well inside the ten-minute safety refresh: only the event streams can deliver this fast
+
+
+def test_two_consoles_follow_the_desk_live_note_transfer_and_hand_back(
+    server: tuple[str, Database, dict[str, str]], browser: Any
+) -> None:
+    base, database, keys = server
+    errors: list[str] = []
+    sato = _sign_in(browser, base, keys["operator"], "ja-JP", errors)
+    requests: list[str] = []
+    sato.on("request", lambda r: requests.append(f"{r.method} {r.url}"))
+    assert sato.evaluate("document.documentElement.lang") == "ja"
+    assert sato.locator('[data-testid="handback"]').inner_text() == "ボットに戻す"
+    assert "お客様には表示されません" in sato.locator('[data-testid="notes-warning"]').inner_text()
+    sato.click('[data-testid="lang"]')
+    assert sato.locator('[data-testid="handback"]').inner_text() == "Hand back to the bot"
+    sato.click('[data-testid="lang"]')
+    assert sato.locator('[data-testid="release"]').inner_text() == "待ち行列に戻す"
+    sato.check('[data-testid="on-shift"]')
+    sato.locator('[data-testid="shift-count"]').filter(has_text="1人").wait_for()
+    suzuki = _sign_in(browser, base, keys["operator2"], "en-US", errors)
+    assert suzuki.locator('[data-testid="handback"]').inner_text() == "Hand back to the bot"
+    suzuki.check('[data-testid="on-shift"]')
+    suzuki.locator('[data-testid="shift-count"]').filter(has_text="2 on shift").wait_for()
+
+    # A new hand-off reaches the open console through its stream, and so do the customer's messages.
+    cid = _escalated_conversation(base, keys["customer"])
+    stream = CustomerStream(base, cid, keys["customer"])
+    sato.wait_for_selector(f'[data-testid="queue-item"][data-id="{cid}"]', timeout=LIVE_MS)
+    sato.locator(f'[data-testid="queue-item"][data-id="{cid}"] [data-testid="claim"]').click()
+    sato.wait_for_selector(f'[data-testid="mine-item"][data-id="{cid}"]', timeout=LIVE_MS)
+    sato.locator('[data-testid="msg-customer"]').nth(1).wait_for()  # the hand-off packet's transcript
+    customer = {"Authorization": f"Bearer {keys['customer']}"}
+    said = httpx.post(
+        f"{base}/v1/conversations/{cid}/messages", json={"text": "eSIMも同じ？"}, headers=customer
+    )
+    assert said.status_code == 200 and said.json()["reply"] is None  # a person owns it: the bot is silent
+    sato.locator('[data-testid="msg-customer"]').filter(has_text="eSIMも同じ？").wait_for(timeout=LIVE_MS)
+
+    # An internal note: listed for operators, never in what the customer can read.
+    note = "本人確認済み。料金の話は慎重に"
+    sato.fill('[data-testid="note-text"]', note)
+    sato.click('[data-testid="add-note"]')
+    sato.locator('[data-testid="note"]').filter(has_text=note).wait_for()
+    assert "Sato" in sato.locator('[data-testid="note"]').inner_text()
+
+    # Transfer to Suzuki: the chat leaves Sato's console and appears in Suzuki's, note included.
+    sato.select_option('[data-testid="transfer-to"]', label="Suzuki")
+    sato.click('[data-testid="transfer"]')
+    sato.wait_for_selector('[data-testid="chat"]', state="hidden")
+    sato.wait_for_selector(f'[data-testid="mine-item"][data-id="{cid}"]', state="detached", timeout=LIVE_MS)
+    suzuki.click(f'[data-testid="mine-item"][data-id="{cid}"]', timeout=LIVE_MS)
+    suzuki.locator('[data-testid="note"]').filter(has_text=note).wait_for()
+    assert suzuki.locator('[data-testid="msg-customer"]').count() == 3  # rendered with the note
+    assert suzuki.locator('[data-testid="notice"]').is_hidden()
+
+    # Hand back to the bot: the conversation is open again and the bot answers the next message.
+    suzuki.click('[data-testid="handback"]')
+    suzuki.wait_for_selector('[data-testid="chat"]', state="hidden")
+    suzuki.wait_for_selector(f'[data-testid="mine-item"][data-id="{cid}"]', state="detached", timeout=LIVE_MS)
+    transcript = httpx.get(f"{base}/v1/conversations/{cid}", headers=customer)
+    assert transcript.json()["status"] == "open" and note not in transcript.text
+    again = httpx.post(
+        f"{base}/v1/conversations/{cid}/messages", json={"text": "開通方法は？"}, headers=customer
+    )
+    assert again.json()["reply"] is not None  # the bot speaks again
+    assert httpx.post(f"{base}/v1/conversations/{cid}/close", headers=customer).status_code == 200
+    stream.thread.join(timeout=30)
+    assert note not in stream.body and "本人確認" not in stream.body
+    assert any(r.startswith("POST") and r.endswith("/notes") for r in requests), requests
+    polls = [r for r in requests if r.endswith(("/queue", "/conversations"))]
+    assert polls == [], polls  # no GET of the lists: everything above came through the streams
+    with database.session() as session:
+        assert session.scalars(select(Resolution)).one().path == "bot"
+    assert errors == [], json.dumps(errors, ensure_ascii=False)
+
+
+def test_streams_that_end_are_resumed_with_last_event_id(
+    short_streams: tuple[str, Database, dict[str, str]], browser: Any
+) -> None:
+    base, _, keys = short_streams
+    errors: list[str] = []
+    cid = _escalated_conversation(base, keys["customer"])
+    page = _sign_in(browser, base, keys["operator"], "en-US", errors)
+    resumed: list[str | None] = []
+    page.on(
+        "request",
+        lambda r: resumed.append(r.headers.get("last-event-id")) if r.url.endswith(f"{cid}/events") else None,
+    )
+    page.locator(f'[data-testid="queue-item"][data-id="{cid}"] [data-testid="claim"]').click()
+    page.wait_for_selector(f'[data-testid="mine-item"][data-id="{cid}"]')
+    page.wait_for_timeout(3_500)  # the chat's stream ended and was reopened at least once
+    customer = {"Authorization": f"Bearer {keys['customer']}"}
+    seen = len(httpx.get(f"{base}/v1/conversations/{cid}", headers=customer).json()["messages"])
+    assert len(resumed) >= 2 and set(resumed) == {str(seen)}, resumed  # after the last message shown
+    for text in ("まだですか", "急いでいます"):
+        said = httpx.post(f"{base}/v1/conversations/{cid}/messages", json={"text": text}, headers=customer)
+        assert said.status_code == 200
+    page.locator('[data-testid="msg-customer"]').filter(has_text="急いでいます").wait_for(timeout=LIVE_MS)
+    page.wait_for_timeout(2_000)  # more reconnects: nothing may be shown twice
+    seqs = page.eval_on_selector_all('[data-testid="log"] li', "items => items.map((i) => i.dataset.seq)")
+    assert seqs == [str(n) for n in range(1, seen + 3)], seqs
+    assert resumed[-1] == str(seen + 2)
+    second = _escalated_conversation(base, keys["customer"])  # the desk stream reconnected too
+    page.wait_for_selector(f'[data-testid="queue-item"][data-id="{second}"]', timeout=LIVE_MS)
+    assert page.locator('[data-testid="live"]').get_attribute("data-state") in ("live", "reconnecting")
+    assert errors == [], json.dumps(errors, ensure_ascii=False)

@@ -352,8 +352,8 @@ def test_a_retried_send_with_the_same_idempotency_key_is_scheduled_once(api: Api
     malformed = send("確認いたします。", "has space")
     assert (malformed.status_code, malformed.json()["code"]) == (422, "validation_error")
     with api.services.database.session() as session:
-        scheduled = session.scalars(select(OperatorDelivery).where(OperatorDelivery.conversation_id == uuid.UUID(cid)))
-        assert [d.text for d in scheduled] == ["確認いたします。"]
+        query = select(OperatorDelivery.text).where(OperatorDelivery.conversation_id == uuid.UUID(cid))
+        assert session.scalars(query).all() == ["確認いたします。"]
 
     api.clock.advance(timedelta(seconds=UNDO))
     _wait_for_operator_messages(api, 1)

@@ -117,3 +117,28 @@ def test_operators_see_the_queue_and_their_chats_move(
         live.post(f"/v1/operator/conversations/{cid}/notes", "ana", {"text": "前回も同じ質問"})
         assert chat.next("note", timeout=10).data["text"] == "前回も同じ質問"
         assert live.get(f"/v1/operator/conversations/{cid}/events", "customer").status_code == 403
+
+
+def test_a_claim_or_release_moves_the_waiting_customers_place_at_once(
+    database_url: str, tmp_path: Path, responder: Any
+) -> None:
+    with serve_live(database_url, tmp_path, responder, operators=ONLY_WAKEUPS) as live:
+        first, second = _escalated(live), _escalated(live)
+        waiting = live.stream(f"/v1/conversations/{second}/events?after=2&seconds=30", "customer")
+        before = waiting.next("status").data
+        assert (before["queue_position"], before["with_person"]) == (2, False)
+        started = time.monotonic()
+        assert live.post(f"/v1/operator/conversations/{first}/claim", "ana").status_code == 200
+        moved_up = waiting.next("status", timeout=10).data
+        assert (
+            moved_up["queue_position"] == 1
+            and moved_up["estimated_wait_seconds"] < before["estimated_wait_seconds"]
+        )
+        assert time.monotonic() - started < 3.0  # a wake-up, not the 60 s re-check
+        assert live.post(f"/v1/operator/conversations/{first}/release", "ana").status_code == 200
+        assert waiting.next("status", timeout=3).data["queue_position"] == 2  # back behind it
+        # Another operator coming on shift shortens the estimate without anyone moving.
+        assert live.post("/v1/operator/shift", "ben", {"on_shift": True}).status_code == 200
+        shared = waiting.next("status", timeout=3).data
+        assert shared["queue_position"] == 2 and shared["operators_on_shift"] == 2
+        assert shared["estimated_wait_seconds"] < before["estimated_wait_seconds"]

@@ -1,4 +1,4 @@
-"""The survey step of the chat widget in headless Chromium against a real uvicorn server."""
+"""The survey step of the chat widget and the VoC report page in headless Chromium (real uvicorn server)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,18 @@ import pytest
 from sqlalchemy import select
 
 from assistant.db import Database
+from assistant.keys import issue_key
 from assistant.models import SurveyResponse
+from assistant.transcripts import (
+    BotReply,
+    NewConversation,
+    add_bot_reply,
+    add_message,
+    close_conversation,
+    open_conversation,
+)
+from assistant.voc.surveys import SurveyAnswers, record_survey
+from tests.assistant.test_voc_report import PNG_MAGIC
 from tests.assistant.test_widget_browser import CHROMIUM, _ask, _open, browser, server
 
 __all__ = ["browser", "server"]  # fixtures, shared with the widget's own browser tests
@@ -49,4 +60,48 @@ def test_end_the_chat_and_answer_the_survey(server: tuple[str, Database], browse
     page.click('[data-testid="new-chat"]')  # a new conversation hides the survey again
     page.wait_for_function("document.querySelector('[data-testid=survey-thanks]').hidden")
     assert page.locator('[data-testid="survey"]').is_hidden()
+    assert errors == []
+
+
+def test_the_report_page_shows_kpis_and_exports_the_chart(
+    server: tuple[str, Database], browser: Any, tmp_path: Any
+) -> None:
+    base, database = server
+    with database.session() as session:
+        admin = issue_key(session, "admin", "voc-page").secret
+        site = issue_key(session, "customer", "site").info
+        for i, (text, decision, csat) in enumerate(
+            [("解約したい", "answer", 6), ("圏外です", "escalate", 2)]
+        ):
+            conversation = open_conversation(session, site, NewConversation())
+            asked = add_message(session, conversation.id, "customer", text)
+            add_bot_reply(
+                session, conversation, asked, BotReply("…", decision, 0.9 - i, ("low_confidence",) * i)
+            )
+            close_conversation(session, conversation)
+            record_survey(session, conversation, SurveyAnswers(csat=csat, nps=10 - 8 * i))
+    errors: list[str] = []
+    page = browser.new_page()
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"{base}/voc")
+    page.wait_for_selector("body[data-ready=true]")
+    page.fill('[data-testid="key"]', "not-a-key")
+    page.click('[data-testid="load"]')
+    page.wait_for_selector("body[data-loaded=error]")
+    assert "unknown or revoked" in page.locator('[data-testid="error"]').inner_text()
+    page.fill('[data-testid="key"]', admin)
+    page.click('[data-testid="load"]')
+    page.wait_for_selector("body[data-loaded=true]")
+    assert page.locator('[data-testid="kpi"]').count() == 9
+    assert page.locator('[data-testid="by-path-row"]').count() == 2
+    assert page.locator('[data-testid="kpi"]').first.inner_text().endswith("2")  # two conversations
+    assert "low_confidence: 50.0%" in page.locator('[data-testid="reasons"]').inner_text()
+    page.wait_for_function("document.querySelector('[data-testid=chart]').naturalWidth > 0")
+    assert page.locator('[data-testid="export"]').get_attribute("href").startswith("blob:")
+    with page.expect_download() as download:
+        page.click('[data-testid="export"]')
+    saved = tmp_path / "export.png"
+    download.value.save_as(saved)
+    assert saved.read_bytes().startswith(PNG_MAGIC)
+    page.screenshot(path=str(tmp_path / "voc.png"), full_page=True)
     assert errors == []

@@ -1,9 +1,8 @@
-"""The KPI report: pure KPIs, the API (JSON and PNG) and the CLI on each backend, the page in Chromium."""
+"""The KPI report: pure KPIs, the API (JSON and PNG) and the CLI on each backend (page: test_voc_browser)."""
 
 from __future__ import annotations
 
 import json
-import shutil
 import uuid
 from datetime import UTC, date, datetime
 from typing import Any
@@ -12,22 +11,12 @@ import pytest
 from typer.testing import CliRunner
 
 from assistant.cli import app as cli_app
-from assistant.db import Database
-from assistant.keys import issue_key
 from assistant.transcripts import (
-    BotReply,
-    NewConversation,
-    add_bot_reply,
     add_message,
-    close_conversation,
-    open_conversation,
 )
 from assistant.voc.report import ConversationFacts, kpis
-from assistant.voc.surveys import SurveyAnswers, record_survey
 from tests.assistant.seams import Api
-from tests.assistant.test_widget_browser import CHROMIUM, browser, server
 
-__all__ = ["browser", "server"]  # fixtures shared with the widget's browser tests
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -109,50 +98,3 @@ def test_the_report_through_the_api_and_the_cli(
     assert out.read_bytes().startswith(PNG_MAGIC)
     wrong = CliRunner().invoke(cli_app, ["voc", "report", "--start", "2026-13-01"])
     assert wrong.exit_code == 2 and "YYYY-MM-DD" in wrong.output
-
-
-@pytest.mark.browser
-@pytest.mark.skipif(shutil.which(CHROMIUM) is None, reason=f"Debian chromium not found at {CHROMIUM}")
-def test_the_report_page_shows_kpis_and_exports_the_chart(
-    server: tuple[str, Database], browser: Any, tmp_path: Any
-) -> None:
-    pytest.importorskip("playwright.sync_api")
-    base, database = server
-    with database.session() as session:
-        admin = issue_key(session, "admin", "voc-page").secret
-        site = issue_key(session, "customer", "site").info
-        for i, (text, decision, csat) in enumerate(
-            [("解約したい", "answer", 6), ("圏外です", "escalate", 2)]
-        ):
-            conversation = open_conversation(session, site, NewConversation())
-            asked = add_message(session, conversation.id, "customer", text)
-            add_bot_reply(
-                session, conversation, asked, BotReply("…", decision, 0.9 - i, ("low_confidence",) * i)
-            )
-            close_conversation(session, conversation)
-            record_survey(session, conversation, SurveyAnswers(csat=csat, nps=10 - 8 * i))
-    errors: list[str] = []
-    page = browser.new_page()
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(f"{base}/voc")
-    page.wait_for_selector("body[data-ready=true]")
-    page.fill('[data-testid="key"]', "not-a-key")
-    page.click('[data-testid="load"]')
-    page.wait_for_selector("body[data-loaded=error]")
-    assert "unknown or revoked" in page.locator('[data-testid="error"]').inner_text()
-    page.fill('[data-testid="key"]', admin)
-    page.click('[data-testid="load"]')
-    page.wait_for_selector("body[data-loaded=true]")
-    assert page.locator('[data-testid="kpi"]').count() == 9
-    assert page.locator('[data-testid="by-path-row"]').count() == 2
-    assert page.locator('[data-testid="kpi"]').first.inner_text().endswith("2")  # two conversations
-    assert "low_confidence: 50.0%" in page.locator('[data-testid="reasons"]').inner_text()
-    page.wait_for_function("document.querySelector('[data-testid=chart]').naturalWidth > 0")
-    assert page.locator('[data-testid="export"]').get_attribute("href").startswith("blob:")
-    with page.expect_download() as download:
-        page.click('[data-testid="export"]')
-    saved = tmp_path / "export.png"
-    download.value.save_as(saved)
-    assert saved.read_bytes().startswith(PNG_MAGIC)
-    page.screenshot(path=str(tmp_path / "voc.png"), full_page=True)
-    assert errors == []

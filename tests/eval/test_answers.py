@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
-from eval.metrics.answers import AnswerExample, NonLLMScorer, encoded_terms, mean_scores, score_answers
+from eval.metrics.answers import (
+    AnswerExample,
+    NonLLMScorer,
+    encoded_terms,
+    grounding_scores,
+    mean_scores,
+    score_answers,
+    term_recall,
+)
 
 
 def test_terms_share_one_ascii_vocabulary() -> None:
@@ -51,3 +61,48 @@ def test_means_skip_missing_metrics() -> None:
     rows, means = score_answers([AnswerExample("q", "a b c", "a b c"), AnswerExample("q", "x", "")])
     assert rows[1] == {} and means["rouge_l"] == pytest.approx(1.0)
     assert mean_scores([{"a": 1.0}, {"a": float("nan"), "b": 0.0}]) == {"a": 1.0, "b": 0.0}
+
+
+# --- containment of the gold grounding text (doc2dial: a short span inside long passages) -------------
+
+DMV = "Driver license renewal happens at the DMV office. Bring your old license."
+FEE = "Pay the fee online by card."
+
+
+def test_grounding_recall_counts_gold_terms_found_in_the_passages() -> None:
+    # Gold terms: renew, driver, license, online. DMV holds driver, license ("renewal" stems apart
+    # from "renew"); FEE adds online. The response holds renew, online.
+    scores = grounding_scores(["You can renew your driver license online."], [DMV, FEE], "Renew it online.")
+    assert scores == {
+        "grounding_recall": pytest.approx(3 / 4),
+        "grounding_recall_at_1": pytest.approx(2 / 4),
+        "response_grounding_recall": pytest.approx(2 / 4),
+    }
+    # Repeated gold terms need as many occurrences, across the passages together.
+    assert term_recall("license. license.", ["license"]) == pytest.approx(1 / 2)
+    assert term_recall("license. license.", ["license", "license"]) == pytest.approx(1.0)
+    assert math.isnan(term_recall("the and of", [DMV]))  # no content word: undefined, left out
+    assert grounding_scores(["the and of"], [DMV]) == {}
+
+
+def test_grounding_recall_tokenizes_japanese() -> None:
+    # Gold: sim, カード, 届く, 開通, 手続き; the passage has all but 届く (it says 到着).
+    gold = "SIMカードが届いたら開通手続きをしてください。"
+    passage = "開通手続きはMy SoraMobileから行います。SIMカードの到着後に。"
+    assert term_recall(gold, [passage]) == pytest.approx(4 / 5)
+
+
+def test_a_span_inside_a_long_passage_is_found_where_ragas_string_metrics_see_nothing() -> None:
+    span = "You can renew your driver license online."
+    filler = " ".join(f"Section {i} explains fees, forms and office hours for owners." for i in range(16))
+    passage = f"{filler} {span} {filler}"
+    assert len(passage) > 1_000
+    example = AnswerExample("How do I renew?", "Renew it online.", span, (passage, FEE), (span,))
+    both = NonLLMScorer().score(example)
+    assert both["context_recall"] == 0.0  # whole-string similarity of a 40-char span to ~2,300 chars
+    assert both["grounding_recall"] == 1.0 and both["grounding_recall_at_1"] == 1.0
+    only = NonLLMScorer(["grounding"]).score(example)
+    assert "context_recall" not in only and "context_precision" not in only
+    assert only["grounding_recall"] == 1.0
+    with pytest.raises(ValueError, match="'bleu'"):
+        NonLLMScorer(["bleu"])

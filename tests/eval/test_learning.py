@@ -17,7 +17,16 @@ from assistant.db import Database, upgrade
 from assistant.keys import issue_key
 from assistant.transcripts import BotReply, NewConversation, add_bot_reply, add_message, open_conversation
 from assistant.voc.review import collect_review_items, draft_item, link_item, list_items, unapplied
-from eval.learning import fold_of, kfold_learning, learn_and_evaluate, learned_chunks, summarize_folds
+from eval.learning import (
+    LearningDataError,
+    fold_of,
+    gate_finetuned,
+    is_better,
+    kfold_learning,
+    learn_and_evaluate,
+    learned_chunks,
+    summarize_folds,
+)
 from eval.retrieval import RetrievalData, load_retrieval_data
 from eval.track import TrackingConfig, get_run, sqlite_uri
 from index.build import build_index
@@ -173,3 +182,15 @@ def test_the_review_and_learning_commands(
     assert audit["entries"] == len(
         [c for c in load_index(tmp_path / "index", cached_embedder).chunks if c.kind == "faq"]
     )
+
+
+def test_a_tuned_model_goes_live_only_when_strictly_better(tmp_path: Path, cached_embedder: Any) -> None:
+    assert is_better({"recall@10": 0.7, "mrr@10": 0.5}, {"recall@10": 0.72, "mrr@10": 0.5})
+    assert not is_better({"recall@10": 0.7, "mrr@10": 0.5}, {"recall@10": 0.72, "mrr@10": 0.49})
+    assert not is_better({"recall@10": 0.7}, {"recall@10": 0.7})
+    build_index(tmp_path / "index", [SMALL_KB], cached_embedder, root=SMALL_KB)
+    index = load_index(tmp_path / "index", cached_embedder)
+    same = gate_finetuned(index, {"q": ("請求書が欲しい", "receipt")}, cached_embedder, k=1)
+    assert same.before == same.after and not same.goes_live  # the same model is no improvement
+    with pytest.raises(LearningDataError):
+        gate_finetuned(index, {}, cached_embedder)

@@ -32,6 +32,7 @@ from eval.records import (
     conversation_outcomes,
     suggestion_report,
     suggestion_rows,
+    turn_latencies,
 )
 
 NOW = datetime(2026, 11, 18, 1, 0, tzinfo=UTC)
@@ -193,7 +194,10 @@ def test_cli_e2e_reads_the_configured_database(database: Database, tmp_path: Pat
         app, ["eval", "e2e", "--json", "--no-track"], env={"MADOGUCHI_DATABASE_URL": url}
     )
     assert done.exit_code == 0, done.stderr
-    assert json.loads(done.stdout)["automation_rate"] == 0.5
+    report = json.loads(done.stdout)
+    assert report["automation_rate"] == 0.5
+    assert report["turns"] == 3 and report["turns_bot_n"] == 2 and report["turns_operator_n"] == 1
+    assert report["turn_latency_ms_p50"] >= 0 and "turn_latency_ms_operator_p99" in report
     out = tmp_path / "labels"
     built = CliRunner().invoke(
         app,
@@ -202,3 +206,78 @@ def test_cli_e2e_reads_the_configured_database(database: Database, tmp_path: Pat
     )
     assert built.exit_code == 0, built.stderr
     assert json.loads(built.stdout)["rows"] == 2
+
+
+def test_turn_latency_percentiles_by_path(tmp_path: Path) -> None:
+    """Customer message -> the bot reply that names it (reply_to_id), on a migrated SQLite file."""
+    url = f"sqlite:///{tmp_path / 'latency.db'}"
+    upgrade(url)
+    db = Database.connect(url)
+    at = NOW
+
+    def conversation(s, key_id: int, path: str, turns: list[tuple[float | None, float | None]]) -> None:  # type: ignore[no-untyped-def]
+        """``turns``: (customer message at second s, bot reply ms later); None leaves one side out."""
+        conv = Conversation(id=uuid.uuid4(), api_key_id=key_id, status="closed", last_seq=0)
+        s.add(conv)
+        s.flush()
+        s.add(Resolution(conversation_id=conv.id, path=path, outcome="resolved"))
+        for second, reply_ms in turns:
+            conv.last_seq += 1
+            asked = at + timedelta(seconds=second or 0)
+            if second is None:  # a bot message that answers nothing (a greeting)
+                s.add(
+                    Message(conversation_id=conv.id, seq=conv.last_seq, role="bot", text="hi", created_at=at)
+                )
+                continue
+            question = Message(
+                conversation_id=conv.id, seq=conv.last_seq, role="customer", text="q", created_at=asked
+            )
+            s.add(question)
+            s.flush()
+            if reply_ms is not None:
+                conv.last_seq += 1
+                s.add(
+                    Message(
+                        conversation_id=conv.id,
+                        seq=conv.last_seq,
+                        role="bot",
+                        text="a",
+                        reply_to_id=question.id,
+                        created_at=asked + timedelta(milliseconds=reply_ms),
+                    )
+                )
+
+    with db.session() as s:
+        key = ApiKey(role="customer", name="c", prefix="mdg_c", key_hash="c" * 64)
+        s.add(key)
+        s.flush()
+        conversation(s, key.id, "bot", [(None, None), (0, 100), (10, 200), (20, 300)])
+        conversation(s, key.id, "operator", [(0, 1000), (30, None)])  # the second question got a person
+    with db.session() as s:
+        turns = turn_latencies(s)
+    db.dispose()
+    assert sorted((t.path, round(t.milliseconds)) for t in turns) == [
+        ("bot", 100),
+        ("bot", 200),
+        ("bot", 300),
+        ("operator", 1000),
+    ]
+    report = e2e_report([], turns)
+    # Linear interpolation: all four [100, 200, 300, 1000]: p50 = 250, p95 at rank 2.85 = 300 + 0.85 * 700,
+    # p99 at rank 2.97 = 300 + 0.97 * 700; the bot's three: 200, 200 + 0.9 * 100, 200 + 0.98 * 100.
+    expected = {
+        "turns": 4,
+        "turn_latency_ms_p50": 250,
+        "turn_latency_ms_p95": 895,
+        "turn_latency_ms_p99": 979,
+        "turns_bot_n": 3,
+        "turn_latency_ms_bot_p50": 200,
+        "turn_latency_ms_bot_p95": 290,
+        "turn_latency_ms_bot_p99": 298,
+        "turns_operator_n": 1,
+        "turn_latency_ms_operator_p50": 1000,
+        "turn_latency_ms_operator_p95": 1000,
+        "turn_latency_ms_operator_p99": 1000,
+    }
+    assert {k: report[k] for k in expected} == pytest.approx(expected)
+    assert "turns" not in e2e_report([])  # no latencies asked for, none reported

@@ -191,3 +191,22 @@ def test_localgovfaq_through_the_assistant_turn(
     )
     assert run.metrics["failures"] == 0 and run.metrics["retrieval_queries"] == 80
     assert run.metrics["recall@10"] > 0.6 and run.metrics["ndcg@10"] > 0.45
+
+
+@pytest.mark.quality
+def test_doc2dial_grounding_is_measured_by_containment(
+    shared_data: Path, cached_embedder: Any, tmp_path: Path
+) -> None:
+    """30 turns of doc2dial: the gold span's terms are looked for in the top passages and the reply."""
+    suite = load_suite("doc2dial")
+    assert suite.context_metrics == ["grounding"]
+    run = run_suite(
+        suite, Settings(home=tmp_path), cached_embedder, data_dir=shared_data, sample=30, progress=False
+    )
+    m = run.metrics
+    assert m["failures"] == 0 and m["answer/examples"] == 30
+    assert "answer/context_recall" not in m and "answer/context_precision" not in m  # 0.0 by construction
+    # Measured on this sample: 0.56 in the top 3 passages, 0.39 in the top one, 0.27 in the reply.
+    assert 0.3 < m["answer/grounding_recall"] <= 1.0
+    assert m["answer/grounding_recall"] >= m["answer/grounding_recall_at_1"]
+    assert 0.0 < m["answer/response_grounding_recall"] < m["answer/grounding_recall"]

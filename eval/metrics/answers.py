@@ -21,7 +21,9 @@ Non-LLM (no model, no network):
 Which context metrics run is chosen by ``context_metrics`` (``"ragas"``, ``"grounding"``).
 
 LLM-judged (``JudgeConfig``: any litellm model string): ragas ``Faithfulness``, ``AnswerRelevancy``
-(with our own embedder), ``ContextPrecision`` and ``ContextRecall``, through ragas' litellm adapter.
+(with our own embedder), ``ContextPrecision`` and ``ContextRecall``, through ragas' litellm adapter
+(instructor in JSON mode over ``litellm.acompletion``, so any litellm provider can judge, including one
+registered in ``litellm.custom_provider_map``: that is how the tests run ragas' real prompts offline).
 """
 
 from __future__ import annotations

@@ -58,7 +58,7 @@ def test_end_the_chat_and_answer_the_survey(server: tuple[str, Database], browse
     assert row.cited_source_ids and row.cited_source_ids[0] == "sim-activation"
 
     page.click('[data-testid="new-chat"]')  # a new conversation hides the survey again
-    page.wait_for_function("document.querySelector('[data-testid=survey-thanks]').hidden")
+    page.wait_for_selector('[data-testid="survey-thanks"]', state="hidden")
     assert page.locator('[data-testid="survey"]').is_hidden()
     assert errors == []
 
@@ -96,7 +96,8 @@ def test_the_report_page_shows_kpis_and_exports_the_chart(
     assert page.locator('[data-testid="by-path-row"]').count() == 2
     assert page.locator('[data-testid="kpi"]').first.inner_text().endswith("2")  # two conversations
     assert "low_confidence: 50.0%" in page.locator('[data-testid="reasons"]').inner_text()
-    page.wait_for_function("document.querySelector('[data-testid=chart]').naturalWidth > 0")
+    chart = page.locator('[data-testid="chart"]')
+    assert chart.evaluate("img => img.decode().then(() => img.naturalWidth)") > 0  # the PNG decoded
     assert page.locator('[data-testid="export"]').get_attribute("href").startswith("blob:")
     with page.expect_download() as download:
         page.click('[data-testid="export"]')

@@ -457,7 +457,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_tiny_model_windows_long_text_exactly(tiny_model: Path) -> None:
     from sentence_transformers import SentenceTransformer
 
-    embedder = SentenceTransformerEmbedder(tiny_model)
+    embedder = SentenceTransformerEmbedder(tiny_model, dtype="fp32")  # exact arithmetic
     assert embedder.window == 14 and embedder.query_prefix == embedder.document_prefix == ""
     words = ("the cat sat on a red mat " * 6).split()[:40]
     ours = embedder.embed_documents([" ".join(words)])[0]
@@ -472,11 +472,11 @@ def test_tiny_model_windows_long_text_exactly(tiny_model: Path) -> None:
 
 
 def test_tiny_model_prefixes_and_name(tiny_model: Path, tmp_path: Path) -> None:
-    plain = SentenceTransformerEmbedder(tiny_model)
+    plain = SentenceTransformerEmbedder(tiny_model, dtype="fp32")
     np.testing.assert_allclose(
         plain.embed_queries(["red cat"]), plain.embed_documents(["red cat"]), atol=1e-6
     )
-    prefixed = SentenceTransformerEmbedder(tiny_model, query_prefix="the ", document_prefix="a ")
+    prefixed = SentenceTransformerEmbedder(tiny_model, dtype="fp32", query_prefix="the ", document_prefix="a ")
     assert prefixed.name != plain.name and plain.name.startswith("st:tiny-st:fp32:")
     assert (prefixed.embed_queries(["red cat"]) @ prefixed.embed_documents(["red cat"]).T)[0, 0] < 0.99999
 

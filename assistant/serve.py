@@ -47,6 +47,10 @@ def serve(settings: Settings) -> None:
     upgrade(settings)
     embedder = load_embedder(settings.embedder, settings.cache_dir)
     ensure_index(settings, embedder)
+    if settings.api.inference_threads:  # after any index build, which uses every core
+        import torch
+
+        torch.set_num_threads(settings.api.inference_threads)
     services = build_services(settings, embedder)
     app = create_app(settings, services)
     log.info("serving on http://%s:%d (widget at /, API docs at /docs)", settings.host, settings.port)

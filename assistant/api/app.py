@@ -23,8 +23,8 @@ from assistant.api import voc as voc_api
 from assistant.api.bodylimit import BodyLimitMiddleware
 from assistant.api.deps import Services
 from assistant.api.errors import install_error_handlers
-from assistant.api.ratelimit import build_limiter
 from assistant.api.pages import WEB_DIR
+from assistant.api.ratelimit import build_limiter
 from assistant.db import Database
 from assistant.delivery import DeliveryWorker
 from assistant.keys import bootstrap_keys

@@ -476,7 +476,9 @@ def test_tiny_model_prefixes_and_name(tiny_model: Path, tmp_path: Path) -> None:
     np.testing.assert_allclose(
         plain.embed_queries(["red cat"]), plain.embed_documents(["red cat"]), atol=1e-6
     )
-    prefixed = SentenceTransformerEmbedder(tiny_model, dtype="fp32", query_prefix="the ", document_prefix="a ")
+    prefixed = SentenceTransformerEmbedder(
+        tiny_model, dtype="fp32", query_prefix="the ", document_prefix="a "
+    )
     assert prefixed.name != plain.name and plain.name.startswith("st:tiny-st:fp32:")
     assert (prefixed.embed_queries(["red cat"]) @ prefixed.embed_documents(["red cat"]).T)[0, 0] < 0.99999
 

@@ -27,7 +27,7 @@ from assistant.llm import ChatMessage, ChatModel, ChatModelError
 from assistant.models import Conversation, Escalation, Message, OperatorNote
 from assistant.operators import notes_of, queue_position
 from assistant.transcripts import HISTORY_ROLES, messages_of, priority_of
-from prompts import load_prompt
+from prompts import PromptPair
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +115,7 @@ class Summarizer:
 
     def __init__(self, chat: ChatModel | None, cache_size: int = 512) -> None:
         self.chat = chat
-        self._system = load_prompt("summary.system")
-        self._user = load_prompt("summary.user")
+        self._prompts = PromptPair.load("summary")
         self._cache: OrderedDict[tuple[uuid.UUID, int], Summary] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
@@ -124,7 +123,7 @@ class Summarizer:
     @property
     def prompt_version(self) -> str:
         """The summary prompts' combined version."""
-        return self._system.version + self._user.version
+        return self._prompts.version
 
     def summarize(
         self,
@@ -156,9 +155,9 @@ class Summarizer:
         language = "ja" if conversation.locale.lower().startswith("ja") else "en"
         shown = [{"role": m.role, "text": m.text} for m in transcript if m.role in HISTORY_ROLES]
         messages = [
-            ChatMessage("system", self._system.render(language=language)),
+            ChatMessage("system", self._prompts.system.render(language=language)),
             ChatMessage(
-                "user", self._user.render(transcript=shown[-SUMMARY_MESSAGES:], reasons=list(reasons))
+                "user", self._prompts.user.render(transcript=shown[-SUMMARY_MESSAGES:], reasons=list(reasons))
             ),
         ]
         try:

@@ -35,10 +35,10 @@ from assistant.escalate import (
     Signals,
 )
 from assistant.llm import ChatMessage, ChatModel, ChatModelError, LiteLLMChat
-from index.documents import SearchHit
+from index.documents import SearchHit, distinct_sources
 from index.search import KnowledgeIndex
 from index.textja import Language, detect_language
-from prompts import AnswerPrompts
+from prompts import PromptPair
 
 if TYPE_CHECKING:
     from assistant.settings import Settings
@@ -99,7 +99,7 @@ class Responder:
         confidence_model: ConfidenceModel,
         policy: EscalationPolicy,
         chat: ChatModel | None = None,
-        prompts: AnswerPrompts | None = None,
+        prompts: PromptPair | None = None,
         *,
         company: str = "our company",
         search_k: int = 10,
@@ -111,7 +111,7 @@ class Responder:
         self.confidence_model = confidence_model
         self.policy = policy
         self.chat = chat
-        self.prompts = prompts or AnswerPrompts.load()
+        self.prompts = prompts or PromptPair.load("answer")
         self.company = company
         self.search_k = search_k
         self.max_passages = max_passages
@@ -195,7 +195,7 @@ class Responder:
         if kind == "answer":
             answer = extractive_answer(plan.hits[0], self.max_answer_chars)
         elif kind == "clarify":
-            answer = clarification(_distinct_sources(plan.hits)[:3], plan.language)
+            answer = clarification(distinct_sources(plan.hits)[:3], plan.language)
         else:
             answer = Answer(handoff_message(kind, plan.language), ())
         return self._reply(plan, answer, extra_reasons)
@@ -245,19 +245,9 @@ def _followed_up_source(turn: TurnInput, expanded: bool) -> str | None:
     return None
 
 
-def _distinct_sources(hits: Sequence[SearchHit]) -> list[SearchHit]:
-    seen: set[str] = set()
-    out = []
-    for h in hits:
-        if h.chunk.source_id not in seen:
-            seen.add(h.chunk.source_id)
-            out.append(h)
-    return out
-
-
 def _candidates(hits: Sequence[SearchHit]) -> tuple[Candidate, ...]:
     """The best hits of different sources, for the policy's clarification rule."""
     return tuple(
         Candidate(h.chunk.source_id, h.dense_score or 0.0, h.chunk.category, h.chunk.display_title)
-        for h in _distinct_sources(hits)[:3]
+        for h in distinct_sources(hits)[:3]
     )

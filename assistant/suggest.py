@@ -15,7 +15,6 @@ Errors: ``SuggestionSetNotFoundError``, ``DraftIndexError`` (no such draft in th
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import unicodedata
@@ -34,10 +33,10 @@ from assistant.conversation import build_search_query
 from assistant.llm import ChatMessage, ChatModel, ChatModelError
 from assistant.models import Message, SuggestionSet
 from assistant.transcripts import HISTORY_ROLES, citation_record
-from index.documents import SearchHit
+from index.documents import SearchHit, distinct_sources
 from index.search import KnowledgeIndex
 from index.textja import Language, detect_language
-from prompts import PromptTemplate, load_prompt
+from prompts import PromptPair
 
 log = logging.getLogger(__name__)
 
@@ -71,35 +70,6 @@ class Draft:
     generated: bool = False
 
 
-@dataclass(frozen=True)
-class SuggestPrompts:
-    """The system and user templates of a generated draft."""
-
-    system: PromptTemplate
-    user: PromptTemplate
-
-    @property
-    def version(self) -> str:
-        """Changes when either template changes."""
-        return hashlib.sha256((self.system.version + self.user.version).encode()).hexdigest()[:12]
-
-    @classmethod
-    def load(cls) -> SuggestPrompts:
-        """``suggest.system.j2`` and ``suggest.user.j2`` from ``prompts/``."""
-        return cls(load_prompt("suggest.system"), load_prompt("suggest.user"))
-
-
-def distinct_sources(hits: Sequence[SearchHit]) -> list[SearchHit]:
-    """The best hit of each source, in rank order."""
-    seen: set[str] = set()
-    out = []
-    for hit in hits:
-        if hit.chunk.source_id not in seen:
-            seen.add(hit.chunk.source_id)
-            out.append(hit)
-    return out
-
-
 class Suggester:
     """Drafts replies from one knowledge index, optionally written by a chat model."""
 
@@ -107,7 +77,7 @@ class Suggester:
         self,
         index: KnowledgeIndex,
         chat: ChatModel | None = None,
-        prompts: SuggestPrompts | None = None,
+        prompts: PromptPair | None = None,
         *,
         company: str = "our company",
         max_drafts: int = MAX_DRAFTS,
@@ -118,7 +88,7 @@ class Suggester:
             raise ValueError(f"max_drafts must be between 1 and {MAX_DRAFTS}, got {max_drafts!r}")
         self.index = index
         self.chat = chat
-        self.prompts = prompts or SuggestPrompts.load()
+        self.prompts = prompts or PromptPair.load("suggest")
         self.company = company
         self.max_drafts = max_drafts
         self.search_k = search_k

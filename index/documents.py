@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -110,3 +111,14 @@ class SearchHit:
     text_score: float | None = None
     answer_score: float | None = None
     matched_field: VectorField | None = None
+
+
+def distinct_sources(hits: Sequence[SearchHit]) -> list[SearchHit]:
+    """The best hit of each source document, in rank order."""
+    seen: set[str] = set()
+    out = []
+    for hit in hits:
+        if hit.chunk.source_id not in seen:
+            seen.add(hit.chunk.source_id)
+            out.append(hit)
+    return out

@@ -76,8 +76,11 @@ def load_prompt(name: str, directory: Path = PROMPTS_DIR) -> PromptTemplate:
 
 
 @dataclass(frozen=True)
-class AnswerPrompts:
-    """The system and user templates of a generated answer; ``version`` names the pair."""
+class PromptPair:
+    """A task's system and user templates (``<stem>.system.j2``, ``<stem>.user.j2``).
+
+    ``version`` names the pair: it changes when either template changes.
+    """
 
     system: PromptTemplate
     user: PromptTemplate
@@ -88,6 +91,6 @@ class AnswerPrompts:
         return hashlib.sha256((self.system.version + self.user.version).encode()).hexdigest()[:12]
 
     @classmethod
-    def load(cls, directory: Path = PROMPTS_DIR) -> AnswerPrompts:
-        """``answer.system.j2`` and ``answer.user.j2`` from ``directory``."""
-        return cls(load_prompt("answer.system", directory), load_prompt("answer.user", directory))
+    def load(cls, stem: str, directory: Path = PROMPTS_DIR) -> PromptPair:
+        """``<stem>.system.j2`` and ``<stem>.user.j2`` from ``directory`` (answer, suggest, summary)."""
+        return cls(load_prompt(f"{stem}.system", directory), load_prompt(f"{stem}.user", directory))

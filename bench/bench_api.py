@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from pathlib import Path
 import httpx
 
 from bench.corpus import REPO, percentile
+from bench.serve import free_port, issue_key, serve_process
 
 ADMIN_KEY = "bench-admin-key-0123456789abcdef"
 OFFLINE = {
@@ -76,13 +76,6 @@ def demo_questions() -> list[str]:
     return questions + OUT_OF_SCOPE
 
 
-def free_port() -> int:
-    """An unused TCP port on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def env_for(home: Path, port: int, batch: int) -> dict[str, str]:
     """The server's environment: its own home, a known admin key, batching on or off."""
     return {
@@ -110,49 +103,10 @@ def build_index(home: Path) -> None:
 
 @contextmanager
 def server(home: Path, batch: int) -> Iterator[str]:
-    """A ``madoguchi serve`` process; yields its base URL once /healthz answers."""
+    """A ``madoguchi serve`` process on the demo index in ``home``, batching on or off."""
     port = free_port()
-    log = (home / f"serve-{port}.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "assistant.cli", "serve"],
-        cwd=REPO,
-        env=env_for(home, port, batch),
-        stdout=log,
-        stderr=log,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if process.poll() is not None:
-                sys.exit(f"madoguchi serve exited with {process.returncode}; see {log.name}")
-            try:
-                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                sys.exit("madoguchi serve did not become healthy in 300 s")
-            time.sleep(0.5)
+    with serve_process(env_for(home, port, batch), home / f"serve-{port}.log", timeout=300) as base:
         yield base
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
-
-
-def customer_key(base: str) -> str:
-    """A customer key with a rate limit the benchmark cannot hit."""
-    response = httpx.post(
-        f"{base}/v1/admin/api-keys",
-        json={"role": "customer", "name": "bench", "rate_limit": {"per_minute": 100_000, "burst": 10_000}},
-        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
-    )
-    response.raise_for_status()
-    return str(response.json()["key"])
 
 
 async def run_phase(base: str, key: str, questions: list[str], concurrency: int, turns: int) -> Phase:
@@ -245,7 +199,7 @@ def main() -> None:
         runs = [("batched", 64)] + ([] if args.no_unbatched else [("unbatched", 0)])
         for label, batch in runs:
             with server(home, batch) as base:
-                key = customer_key(base)
+                key = issue_key(base, ADMIN_KEY, "customer", "bench")
                 asyncio.run(run_phase(base, key, questions, 4, 16))  # warm up
                 for level in levels if label == "batched" else levels[-1:]:
                     phase = asyncio.run(run_phase(base, key, questions, level, max(args.turns, 2 * level)))

@@ -27,7 +27,6 @@ import asyncio
 import json
 import math
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,6 +41,7 @@ import httpx
 import psycopg
 
 from bench.corpus import REPO, percentile
+from bench.serve import free_port, issue_key, serve_process
 
 ADMIN_KEY = "bench-operators-admin-key-0123456789"
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
@@ -54,7 +54,6 @@ OFFLINE = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "TOKENIZERS_PARALLELISM": "false",
 }
-UNLIMITED = {"per_minute": 100_000, "burst": 10_000}
 
 
 @contextmanager
@@ -68,15 +67,6 @@ def scratch_database() -> Iterator[str]:
     finally:
         with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def free_port() -> int:
-    """An unused TCP port on 127.0.0.1."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def server_env(
@@ -98,47 +88,6 @@ def server_env(
         "MADOGUCHI_OPERATORS__DELIVERY_POLL_SECONDS": str(POLL_SECONDS),
         "MADOGUCHI_OPERATORS__MAX_CONCURRENT": "100",
     }
-
-
-@contextmanager
-def replica(env: dict[str, str], log_path: Path) -> Iterator[str]:
-    """A ``madoguchi serve`` process; yields its base URL once /healthz answers."""
-    base = f"http://127.0.0.1:{env['MADOGUCHI_PORT']}"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "assistant.cli", "serve"], cwd=REPO, env=env, stdout=log, stderr=log
-        )
-        try:
-            deadline = time.monotonic() + 600
-            while True:
-                if process.poll() is not None:
-                    sys.exit(f"madoguchi serve exited with {process.returncode}; see {log_path}")
-                try:
-                    if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    sys.exit(f"madoguchi serve did not become healthy; see {log_path}")
-                time.sleep(0.5)
-            yield base
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-
-
-def issue(base: str, role: str, name: str) -> str:
-    """A key of ``role`` with a rate limit the benchmark cannot hit."""
-    response = httpx.post(
-        f"{base}/v1/admin/api-keys",
-        json={"role": role, "name": name, "rate_limit": UNLIMITED},
-        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
-    )
-    response.raise_for_status()
-    return str(response.json()["key"])
 
 
 @dataclass
@@ -239,9 +188,11 @@ async def baseline(
 
 async def run(bases: list[str], conversations: int, undo: float) -> None:
     """The whole scenario; prints the report."""
-    customer = issue(bases[0], "customer", "bench-customers")
+    customer = issue_key(bases[0], ADMIN_KEY, "customer", "bench-customers")
     pairs = math.ceil(conversations / 50)  # an operator may own 100 (two per conversation: A and B)
-    operators = [[issue(bases[r], "operator", f"op-{p}-{r}") for r in range(2)] for p in range(pairs)]
+    operators = [
+        [issue_key(bases[r], ADMIN_KEY, "operator", f"op-{p}-{r}") for r in range(2)] for p in range(pairs)
+    ]
     limits = httpx.Limits(max_connections=4 * conversations + 20, max_keepalive_connections=4 * conversations)
     async with httpx.AsyncClient(limits=limits, timeout=60) as client:
         for pair in operators:
@@ -331,7 +282,9 @@ def main() -> None:
         kb, undo = args.kb.resolve(), args.undo_seconds
         envs = [server_env(home / f"r{r}", index_dir, kb, database_url, free_port(), undo) for r in range(2)]
         # The first replica migrates and builds the shared index; the second starts once it is healthy.
-        bases = [stack.enter_context(replica(env, home / f"serve-{r}.log")) for r, env in enumerate(envs)]
+        bases = [
+            stack.enter_context(serve_process(env, home / f"serve-{r}.log")) for r, env in enumerate(envs)
+        ]
         asyncio.run(run(bases, args.conversations, args.undo_seconds))
 
 

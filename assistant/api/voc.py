@@ -69,7 +69,7 @@ def _iso_text(value: object) -> object:
 
 StaffKey = Annotated[KeyInfo, Depends(require_role("operator", "admin"))]
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorOut} for code in (401, 403, 404, 409, 422, 429)
+    code: {"model": ErrorOut} for code in (401, 403, 404, 409, 413, 422, 429)
 }
 
 

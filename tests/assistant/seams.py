@@ -19,9 +19,9 @@ from sqlalchemy import func, select
 
 from assistant.api.app import create_app
 from assistant.api.deps import Services
-from assistant.db import Database
+from assistant.db import Database, upgrade
 from assistant.keys import issue_key
-from assistant.settings import Settings
+from assistant.settings import ROLES, ApiSettings, RateLimit, Settings
 
 
 class MovableClock:
@@ -176,5 +176,25 @@ def start_api(database_url: str, tmp_path: Path, responder: Any, **overrides: An
     try:
         with TestClient(create_app(settings, services)) as client:
             yield Api(client, services, keys, clock)
+    finally:
+        database.dispose()
+
+
+@contextmanager
+def served_with_key(home: Path, responder: Any, role: str) -> Iterator[tuple[str, str]]:
+    """The production app under uvicorn on a free port, on a SQLite file in ``home``, with rate limits
+    no generated traffic reaches; yields its base URL and a key of ``role`` (for schemathesis)."""
+    unlimited = RateLimit(per_minute=1_000_000, burst=1_000_000)
+    app_settings = Settings(
+        home=home, port=free_port(), api=ApiSettings(rate_limits=dict.fromkeys(ROLES, unlimited))
+    )
+    upgrade(app_settings)
+    database = Database.connect(app_settings.database_url)
+    with database.session() as session:
+        key = issue_key(session, role, "fuzz").secret  # type: ignore[arg-type]
+    app = create_app(app_settings, Services(settings=app_settings, database=database, responder=responder))
+    try:
+        with uvicorn_in_thread(app, app_settings.port) as base_url:
+            yield base_url, key
     finally:
         database.dispose()

@@ -13,34 +13,18 @@ from typing import Any
 import pytest
 
 from assistant.api.app import create_app
-from assistant.api.deps import Services
-from assistant.db import Database, upgrade
-from assistant.keys import issue_key
-from assistant.settings import ROLES, ApiSettings, RateLimit, Settings
-from tests.assistant.seams import free_port, uvicorn_in_thread
+from assistant.settings import Settings
+from tests.assistant.seams import served_with_key
 
 schemathesis = pytest.importorskip("schemathesis", reason="schemathesis is not installed")
 from hypothesis import HealthCheck, settings  # noqa: E402
-
-_LIMIT = RateLimit(per_minute=1_000_000, burst=1_000_000)
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, responder: Any) -> Iterator[tuple[str, str]]:
     """The app under uvicorn on a free port; yields its base URL and a customer key."""
-    home = tmp_path_factory.mktemp("fuzz")
-    limits = dict.fromkeys(ROLES, _LIMIT)
-    app_settings = Settings(home=home, port=free_port(), api=ApiSettings(rate_limits=limits))
-    upgrade(app_settings)
-    database = Database.connect(app_settings.database_url)
-    with database.session() as session:
-        key = issue_key(session, "customer", "fuzz").secret
-    app = create_app(app_settings, Services(settings=app_settings, database=database, responder=responder))
-    try:
-        with uvicorn_in_thread(app, app_settings.port) as base_url:
-            yield base_url, key
-    finally:
-        database.dispose()
+    with served_with_key(tmp_path_factory.mktemp("fuzz"), responder, "customer") as running:
+        yield running
 
 
 # The spec needs no running services: routes alone define it.

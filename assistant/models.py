@@ -178,6 +178,8 @@ class Message(Base):
     reasons: Mapped[list[str] | None] = mapped_column(JsonColumn)
     citations: Mapped[list[dict[str, Any]] | None] = mapped_column(JsonColumn)
     search_query: Mapped[str | None] = mapped_column(Text)
+    # The distinct sources (FAQ / manual ids) the bot's search returned for this reply, best first.
+    retrieved: Mapped[list[str] | None] = mapped_column(JsonColumn)
     # Who wrote an operator message.
     operator_id: Mapped[int | None] = mapped_column(ForeignKey("operators.id"))
 

@@ -34,6 +34,7 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from assistant.desk import on_shift_count, waiting_count, waiting_filter
 from assistant.events import mark_changed, mark_queue_changed
 from assistant.keys import KeyInfo
 from assistant.models import (
@@ -170,27 +171,15 @@ def list_operators(session: Session) -> Sequence[Operator]:
 
 def desk_state(session: Session, now: datetime, presence: timedelta) -> DeskState:
     """Operators on shift and seen within ``presence``, and the number of conversations waiting."""
-    on_shift = session.scalar(
-        select(func.count())
-        .select_from(Operator)
-        .where(Operator.on_shift.is_(True), Operator.last_seen_at >= now - presence)
-    )
-    return DeskState(on_shift=on_shift or 0, waiting=_waiting_count(session))
-
-
-def _waiting() -> list[object]:
-    return [Conversation.status == "escalated", Conversation.assigned_operator_id.is_(None)]
-
-
-def _waiting_count(session: Session) -> int:
-    return session.scalar(select(func.count()).select_from(Conversation).where(*_waiting())) or 0
+    on_shift, waiting = session.execute(select(on_shift_count(now, presence), waiting_count())).one()
+    return DeskState(on_shift=on_shift or 0, waiting=waiting or 0)
 
 
 def queue(session: Session, limit: int = 100) -> Sequence[Conversation]:
     """The waiting conversations, in the order people should take them."""
     return session.scalars(
         select(Conversation)
-        .where(*_waiting())
+        .where(*waiting_filter())
         .order_by(Conversation.priority.desc(), Conversation.queued_at, Conversation.created_at)
         .limit(limit)
     ).all()
@@ -205,7 +194,7 @@ def queue_position(session: Session, conversation: Conversation) -> int | None:
         select(func.count())
         .select_from(Conversation)
         .where(
-            *_waiting(),
+            *waiting_filter(),
             Conversation.id != conversation.id,
             or_(
                 Conversation.priority > conversation.priority,
@@ -313,7 +302,7 @@ def claim(session: Session, conversation_id: uuid.UUID, operator: Operator, now:
         session,
         conversation_id,
         operator,
-        _waiting(),
+        waiting_filter(),
         assigned_operator_id=operator.id,
         claimed_at=now,
         updated_at=now,

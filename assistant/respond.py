@@ -75,6 +75,8 @@ class Reply:
     reasons: tuple[str, ...]
     search_query: str
     hit_ids: tuple[str, ...] = ()
+    # The distinct sources of the hits, best first (logged: the content audit's "never retrieved").
+    retrieved: tuple[str, ...] = ()
     language: Language = "ja"
     generated: bool = False  # True when a chat model wrote the text
     prompt_version: str | None = None
@@ -224,6 +226,7 @@ class Responder:
             reasons=reasons,
             search_query=plan.search_query,
             hit_ids=tuple(h.chunk.id for h in plan.hits),
+            retrieved=tuple(h.chunk.source_id for h in distinct_sources(plan.hits)),
             language=plan.language,
         )
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from assistant.answer import Citation
+from assistant.desk import on_shift_count, waiting_count
 from assistant.keys import KeyInfo
 from assistant.models import Conversation, Customer, Escalation, Feedback, Message, Rating, utcnow
 
@@ -66,9 +67,10 @@ class TurnContext:
     thumbs_down: int
     vip: bool
     locale: str
-    queue_length: int
+    queue_length: int  # conversations waiting for people (handed over, not yet taken)
     answered_sources: tuple[str, ...] = ()  # entries the bot answered from, oldest first
     last_decision: str | None = None  # the decision of the bot's latest reply
+    on_shift: int = 0  # operators on shift and present
 
 
 def _upsert_customer(session: Session, member_id: str) -> Customer:
@@ -167,6 +169,7 @@ class BotReply:
     reasons: tuple[str, ...]
     citations: tuple[Citation, ...] = ()
     search_query: str | None = None
+    retrieved: tuple[str, ...] = ()  # distinct sources of the search hits, best first
 
 
 def add_bot_reply(
@@ -184,6 +187,7 @@ def add_bot_reply(
         reasons=list(reply.reasons),
         citations=[citation_record(c) for c in reply.citations],
         search_query=reply.search_query,
+        retrieved=list(reply.retrieved),
     )
     if reply.decision in HANDOFF_DECISIONS:
         session.add(
@@ -222,43 +226,50 @@ def record_queued_handoff(session: Session, conversation: Conversation, reply: B
     return escalation
 
 
-def turn_context(session: Session, conversation: Conversation, message: Message, limit: int) -> TurnContext:
-    """What a turn needs from the database about the conversation before ``message``.
+def turn_context(
+    session: Session,
+    conversation: Conversation,
+    message: Message,
+    limit: int,
+    *,
+    now: datetime | None = None,
+    presence: timedelta = timedelta(minutes=15),
+) -> TurnContext:
+    """What a turn needs from the database about the conversation before ``message``, in two queries.
 
-    The last ``limit`` messages, thumbs-down count, VIP flag, queue length, the entries the bot
-    answered from (its first citation per answer) and the decision of its latest reply.
+    The last ``limit`` messages, thumbs-down count, VIP flag, the desk (conversations waiting for
+    people, operators on shift and seen within ``presence`` of ``now``), the entries the bot answered
+    from (its first citation per answer) and the decision of its latest reply.
     """
-    earlier = session.scalars(
-        select(Message)
+    earlier = session.execute(
+        select(Message.role, Message.text, Message.decision, Message.citations)
         .where(
             Message.conversation_id == conversation.id,
             Message.seq < message.seq,
             Message.role.in_(HISTORY_ROLES),
         )
-        .order_by(Message.seq.desc())
-        .limit(limit)
-    ).all()
-    bot_replies = session.execute(
-        select(Message.decision, Message.citations)
-        .where(Message.conversation_id == conversation.id, Message.seq < message.seq, Message.role == "bot")
         .order_by(Message.seq)
     ).all()
-    thumbs_down = session.scalar(
+    thumbs_down = (
         select(func.count())
         .select_from(Feedback)
         .where(Feedback.conversation_id == conversation.id, Feedback.rating == "down")
+        .scalar_subquery()
     )
-    queue_length = session.scalar(
-        select(func.count()).select_from(Conversation).where(Conversation.status == "escalated")
-    )
+    vip = select(Customer.vip).where(Customer.id == conversation.customer_id).scalar_subquery()
+    counts = session.execute(
+        select(thumbs_down, vip, waiting_count(), on_shift_count(now or utcnow(), presence))
+    ).one()
+    bot_replies = [row for row in earlier if row.role == "bot"]
     return TurnContext(
-        history=tuple((m.role, m.text) for m in reversed(earlier)),
-        thumbs_down=thumbs_down or 0,
-        vip=bool(conversation.customer and conversation.customer.vip),
+        history=tuple((row.role, row.text) for row in (earlier[-limit:] if limit else ())),
+        thumbs_down=counts[0] or 0,
+        vip=bool(counts[1]),
         locale=conversation.locale,
-        queue_length=queue_length or 0,
+        queue_length=counts[2] or 0,
         answered_sources=_answered_sources(bot_replies),
         last_decision=bot_replies[-1].decision if bot_replies else None,
+        on_shift=counts[3] or 0,
     )
 
 

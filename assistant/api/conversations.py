@@ -134,12 +134,11 @@ def post_message(
             f"the message has {len(body.text)} characters; the limit is {limit}", code="message_too_long"
         )
     wants_stream = "text/event-stream" in request.headers.get("accept", "")
-    stored = turns.store_customer_message(services, key, conversation_id, body.text, idempotency_key)
-    if isinstance(stored, idempotency.Replay):
+    prepared = turns.receive_message(services, key, conversation_id, body.text, idempotency_key)
+    if isinstance(prepared, idempotency.Replay):
         if wants_stream:
-            return _event_stream(turns.replay_events(stored.body), replayed=True)
-        return _replayed(stored)
-    prepared = turns.prepare_turn(services, stored)
+            return _event_stream(turns.replay_events(prepared.body), replayed=True)
+        return _replayed(prepared)
     if isinstance(prepared, TurnOut):
         return (
             _event_stream(turns.replay_events(prepared.model_dump(mode="json"))) if wants_stream else prepared

@@ -6,7 +6,7 @@ one token of the key's rate-limit bucket.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated
@@ -43,8 +43,8 @@ class Services:
     closers: tuple[Callable[[], None], ...] = ()
 
 
-def get_services(request: Request) -> Services:
-    """The app's services (set by the lifespan)."""
+async def get_services(request: Request) -> Services:
+    """The app's services (set by the lifespan); async: FastAPI runs it without a thread hop."""
     services: Services = request.app.state.services
     return services
 
@@ -77,10 +77,10 @@ def authenticate(
     return key
 
 
-def require_role(*roles: KeyRole) -> Callable[[KeyInfo], KeyInfo]:
+def require_role(*roles: KeyRole) -> Callable[[KeyInfo], Awaitable[KeyInfo]]:
     """A dependency admitting only keys of these roles (403 for the others)."""
 
-    def check(key: Annotated[KeyInfo, Depends(authenticate)]) -> KeyInfo:
+    async def check(key: Annotated[KeyInfo, Depends(authenticate)]) -> KeyInfo:  # no thread hop
         if key.role not in roles:
             raise ForbiddenRoleError(
                 f"{key.role} keys cannot do this; it takes a key of role {' or '.join(roles)}"

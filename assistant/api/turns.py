@@ -34,7 +34,6 @@ from assistant.api.schemas import MessageOut, TurnOut
 from assistant.escalate import Availability
 from assistant.keys import KeyInfo
 from assistant.models import Conversation, Message
-from assistant.operators import desk_state
 from assistant.respond import Reply, TurnInput
 from assistant.transcripts import (
     HANDOFF_DECISIONS,
@@ -61,37 +60,6 @@ class StoredMessage:
     record_id: int | None  # the idempotency record to complete, if the request had a key
 
 
-StoreOutcome = StoredMessage | idempotency.Replay
-
-
-def store_customer_message(
-    services: Services, key: KeyInfo, conversation_id: uuid.UUID, text: str, idempotency_key: str | None
-) -> StoreOutcome:
-    """Commit the customer message (with its idempotency record), or find the earlier outcome."""
-    now = services.clock()
-    lease = timedelta(seconds=services.settings.api.idempotency_lease_seconds)
-    with services.database.session() as session:
-        conversation = _visible(session, conversation_id, key)
-        record_id = None  # a retry of a finished request replays it, even if the chat closed since
-        if idempotency_key is not None:
-            fingerprint = idempotency.request_fingerprint(
-                "POST", f"/v1/conversations/{conversation_id}/messages", {"text": text}
-            )
-            claim = idempotency.claim(session, key.id, idempotency_key, fingerprint, now=now, lease=lease)
-            if isinstance(claim, idempotency.Replay):
-                return claim
-            if isinstance(claim, idempotency.Resume) and claim.message_id is not None:
-                return StoredMessage(conversation.id, claim.message_id, claim.record_id)
-            record_id = claim.record_id
-        try:
-            message = add_message(session, conversation.id, "customer", text)
-        except ConversationClosedError as exc:
-            raise ConflictError(str(exc), code="conversation_closed") from exc
-        if record_id is not None:
-            idempotency.attach_message(session, record_id, message.id)
-        return StoredMessage(conversation.id, message.id, record_id)
-
-
 def _visible(session: Session, conversation_id: uuid.UUID, key: KeyInfo) -> Conversation:
     try:
         return find_conversation(session, conversation_id, key)
@@ -109,33 +77,73 @@ class PreparedTurn:
     queued: bool = False
 
 
-def prepare_turn(services: Services, stored: StoredMessage) -> PreparedTurn | TurnOut:
-    """Build the responder's input, or the finished turn if the message was answered already.
+def receive_message(
+    services: Services, key: KeyInfo, conversation_id: uuid.UUID, text: str, idempotency_key: str | None
+) -> idempotency.Replay | PreparedTurn | TurnOut:
+    """Store the customer message and read what answering it needs, in one transaction.
 
-    (A take-over of a request whose first attempt got as far as storing the reply.)
+    The common path of a turn: one commit before answering instead of two. Returns the earlier
+    outcome (``Replay``), the finished turn (a take-over that finds the reply stored, or a person owns
+    the conversation), or the ``PreparedTurn`` to answer.
     """
-    settings = services.settings
+    now = services.clock()
+    lease = timedelta(seconds=services.settings.api.idempotency_lease_seconds)
     with services.database.session() as session:
-        conversation = session.get_one(Conversation, stored.conversation_id)
-        message = session.get_one(Message, stored.message_id)
-        answered = _stored_reply(session, message)
-        if answered is not None or conversation.assigned_operator_id is not None:
-            # Answered already, or a person owns the conversation: the bot stays silent.
-            return _finish(session, stored, conversation, message, answered)
-        queued = conversation.status == "escalated"
-        context = turn_context(session, conversation, message, settings.api.history_messages)
-        presence = timedelta(seconds=settings.operators.presence_seconds)
-        desk = desk_state(session, services.clock(), presence)
+        conversation = _visible(session, conversation_id, key)
+        record_id = None
+        resumed: int | None = None
+        if idempotency_key is not None:
+            fingerprint = idempotency.request_fingerprint(
+                "POST", f"/v1/conversations/{conversation_id}/messages", {"text": text}
+            )
+            claim = idempotency.claim(session, key.id, idempotency_key, fingerprint, now=now, lease=lease)
+            if isinstance(claim, idempotency.Replay):
+                return claim
+            if isinstance(claim, idempotency.Resume):
+                resumed = claim.message_id
+            record_id = claim.record_id
+        if resumed is not None:
+            message = session.get_one(Message, resumed)
+        else:
+            try:
+                message = add_message(session, conversation.id, "customer", text)
+            except ConversationClosedError as exc:
+                raise ConflictError(str(exc), code="conversation_closed") from exc
+            if record_id is not None:
+                idempotency.attach_message(session, record_id, message.id)
+        stored = StoredMessage(conversation.id, message.id, record_id)
+        # Only a take-over can find its message answered already: a new message has no reply yet.
+        fresh = resumed is None
+        return _prepare_in(session, services, stored, conversation, message, check_answered=not fresh)
+
+
+def _prepare_in(
+    session: Session,
+    services: Services,
+    stored: StoredMessage,
+    conversation: Conversation,
+    message: Message,
+    *,
+    check_answered: bool,
+) -> PreparedTurn | TurnOut:
+    settings = services.settings
+    answered = _stored_reply(session, message) if check_answered else None
+    if answered is not None or conversation.assigned_operator_id is not None:
+        # Answered already, or a person owns the conversation: the bot stays silent.
+        return _finish(session, stored, conversation, message, answered)
+    now = services.clock()
+    context = turn_context(session, conversation, message, settings.api.history_messages,
+                           now=now, presence=timedelta(seconds=settings.operators.presence_seconds))
     availability = Availability(
         # The setting is a floor: people on shift who do not use the operator API yet.
-        on_shift=max(settings.operators.on_shift, desk.on_shift),
-        queue_length=desk.waiting,
+        on_shift=max(settings.operators.on_shift, context.on_shift),
+        queue_length=context.queue_length,
         queue_capacity=settings.operators.capacity,
     )
     turn = TurnInput(
         history=context.history,
         message=message.text,
-        now=services.clock(),
+        now=now,
         vip=context.vip,
         locale=context.locale,
         availability=availability,
@@ -143,7 +151,7 @@ def prepare_turn(services: Services, stored: StoredMessage) -> PreparedTurn | Tu
         answered_sources=context.answered_sources,
         last_decision=context.last_decision,
     )
-    return PreparedTurn(stored, turn, queued=queued)
+    return PreparedTurn(stored, turn, queued=conversation.status == "escalated")
 
 
 def _stored_reply(session: Session, message: Message) -> Message | None:
@@ -178,6 +186,7 @@ def store_reply(services: Services, prepared: PreparedTurn, reply: Reply) -> Tur
         reasons=tuple(reply.reasons),
         citations=tuple(reply.citations),
         search_query=reply.search_query,
+        retrieved=reply.retrieved,
     )
     with services.database.session() as session:
         conversation = session.get_one(Conversation, stored.conversation_id)

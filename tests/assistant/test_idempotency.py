@@ -52,10 +52,11 @@ def test_a_retried_conversation_is_created_once(api: Api) -> None:
 def test_a_retry_while_answering_waits_and_after_a_crash_takes_over(api: Api) -> None:
     cid = api.open()
     # A first attempt stores the message and then dies before answering: run only its first half.
-    stored = turns.store_customer_message(
+    prepared = turns.receive_message(
         api.services, _customer_key(api), uuid.UUID(cid), "開通のやり方を教えて", "k-3"
     )
-    assert isinstance(stored, turns.StoredMessage)
+    assert isinstance(prepared, turns.PreparedTurn)
+    stored = prepared.stored
     busy = api.say(cid, "開通のやり方を教えて", **{"Idempotency-Key": "k-3"})
     assert busy.status_code == 409 and busy.json()["code"] == "idempotency_in_progress"
     assert int(busy.headers["retry-after"]) >= 1

@@ -38,11 +38,13 @@ def _settings() -> Settings:
 
 
 def _embedder(settings: Settings, spec: str | None = None):  # type: ignore[no-untyped-def]
-    """The configured embedder behind the on-disk embedding cache."""
+    """The embedder (``--embedder``, else the active fine-tuned model or the setting; see
+    ``assistant.active_model``) behind the on-disk embedding cache."""
+    from assistant.active_model import load_configured_embedder
     from index.cache import CachedEmbedder, EmbeddingCache
     from index.embed import load_embedder
 
-    inner = load_embedder(spec or settings.embedder, settings.cache_dir)
+    inner = load_embedder(spec, settings.cache_dir) if spec else load_configured_embedder(settings)
     return CachedEmbedder(inner, EmbeddingCache(settings.cache_dir / "embeddings.sqlite"))
 
 
@@ -668,7 +670,7 @@ def voc_audit(
     stale_days: Annotated[int | None, typer.Option(min=1, help="Not updated in this many days.")] = None,
     as_json: AsJson = False,
 ) -> None:
-    """Audit the FAQ: unseen, failing, stale and near-duplicate entries."""
+    """Audit the knowledge base: unseen (never retrieved), failing, stale, near-duplicate entries."""
     from dataclasses import asdict
     from datetime import UTC, datetime
 
@@ -683,7 +685,8 @@ def voc_audit(
     if as_json:
         _print_json(asdict(report))
         return
-    err.print(f"{report.entries} FAQ entries: {len(report.unseen)} unseen in {config.unseen_days} days, "
+    err.print(f"{report.entries} FAQ entries and {report.manuals} manuals: {len(report.unseen)} never "
+              f"retrieved nor shown in {config.unseen_days} days, "
               f"{len(report.failing)} failing, {len(report.stale)} stale, "
               f"{len(report.duplicates)} near-duplicate pairs (similarity >= {report.duplicate_threshold})")
     table = Table("list", "entry", "detail")
@@ -884,66 +887,6 @@ def voc_report(
 
 
 
-@voc_app.command("finetune")
-def voc_finetune(
-    out: Annotated[Path | None, typer.Option(help="Where to save the tuned model.")] = None,
-    holdout: Annotated[float, typer.Option(min=0.1, max=0.5, help="Share of questions held out.")] = 0.2,
-    k: Annotated[int, typer.Option(min=1, max=100)] = 10,
-    no_track: NoTrackOpt = False, tracking_uri: TrackingUriOpt = None,
-) -> None:
-    """Fine-tune the embedder on reviewed (question, entry) pairs; keep it only if it retrieves better.
-
-    Held-out reviewed questions decide: a better model is saved (default <home>/models/finetuned-<time>)
-    and the command prints the setting that makes it live (MADOGUCHI_EMBEDDER=<path>, then
-    ``madoguchi index build``); a worse one is deleted.
-    """
-    import random
-    import shutil
-    from datetime import UTC, datetime
-
-    from assistant.voc.finetune import (
-        FinetuneConfig,
-        FinetuneError,
-        finetune_model,
-        reviewed_links,
-        training_pairs,
-    )
-    from eval.learning import gate_finetuned
-    from eval.track import RunRecord
-    from index.e5convert import ensure_default_model
-    from index.embed import DEFAULT_SPECS, SentenceTransformerEmbedder
-
-    s = _settings()
-    index = _voc_index(s)
-    with _voc_database(s).session() as session:
-        links = reviewed_links(session)
-    random.Random(0).shuffle(links)
-    cut = max(1, int(len(links) * holdout))
-    held, train = links[:cut], links[cut:]
-    base = ensure_default_model(s.cache_dir) if s.embedder in DEFAULT_SPECS else s.embedder
-    target = out or s.home / "models" / f"finetuned-{datetime.now(UTC):%Y%m%dT%H%M%S}"
-    try:
-        tuned_path = finetune_model(base, training_pairs(index, train), target, FinetuneConfig())
-    except FinetuneError as exc:
-        _fail(f"{exc} (applied review links: {len(links)})")
-        return
-    questions = {f"held:{i}": link for i, link in enumerate(held)}
-    gate = gate_finetuned(index, questions, SentenceTransformerEmbedder(tuned_path), k=k)
-    if not gate.goes_live:
-        shutil.rmtree(tuned_path, ignore_errors=True)
-    if not no_track:
-        metrics = {f"{m}/before": v for m, v in gate.before.items()}
-        metrics |= {f"{m}/after": v for m, v in gate.after.items()}
-        params = {"train_pairs": len(train), "held_out": gate.held_out, "base": str(base), "k": k}
-        tags = {"goes_live": str(gate.goes_live)}
-        _log_record(s, tracking_uri, RunRecord("voc-finetune", params, metrics, tags))
-    _print_json({"goes_live": gate.goes_live, "model": str(tuned_path) if gate.goes_live else None,
-                 "held_out": gate.held_out, "before": gate.before, "after": gate.after})
-    if gate.goes_live:
-        err.print(f"better: set MADOGUCHI_EMBEDDER={tuned_path} and run `madoguchi index build`")
-
-
-
 @voc_app.command("finetune-experiment")
 def voc_finetune_experiment(
     data: Annotated[Path, typer.Option(help="Folder with corpus.json, queries.dev.json, qrels.dev.json.")],
@@ -972,6 +915,12 @@ def voc_finetune_experiment(
         _fail(str(exc))
         return
     _print_json(asdict(result))
+
+
+# finetune, model list|rollback, nightly, schedule: assistant/voc_cli.py (this module is long enough).
+from assistant.voc_cli import add_voc_commands  # noqa: E402
+
+add_voc_commands(voc_app)
 
 
 def main() -> None:

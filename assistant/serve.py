@@ -42,10 +42,10 @@ def serve(settings: Settings) -> None:
     """Migrate, index if needed, and run uvicorn on ``settings.host``:``settings.port`` until stopped."""
     import uvicorn
 
-    from index.embed import load_embedder
+    from assistant.active_model import load_configured_embedder
 
     upgrade(settings)
-    embedder = load_embedder(settings.embedder, settings.cache_dir)
+    embedder = load_configured_embedder(settings)  # the active fine-tuned model, if one was promoted
     ensure_index(settings, embedder)
     if settings.api.inference_threads:  # after any index build, which uses every core
         import torch

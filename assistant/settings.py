@@ -67,6 +67,9 @@ class ApiSettings(BaseModel):
     # Share per-key rate limits between replicas through this Redis (e.g. redis://127.0.0.1:6379/0);
     # unset: each process keeps its own buckets, right for a single replica.
     redis_url: str | None = None
+    # How often a server looks at the index's CURRENT generation and, when it changed (``voc learn``,
+    # ``index build``, a promoted model), loads it off the request path and swaps it in; 0: never.
+    index_reload_seconds: float = Field(default=5.0, ge=0)
 
     @field_validator("redis_url")
     @classmethod
@@ -133,6 +136,12 @@ class VocSettings(BaseModel):
     learned_variations: Path | None = None
     # Report days are calendar days in this time zone (IANA name).
     report_timezone: str = "Asia/Tokyo"
+    # ``voc nightly``: collect failed questions of this many days back; fine-tune (and promote if the
+    # held-out evaluation says better) once this many reviewed pairs are new since the last attempt.
+    nightly_review_days: int = Field(default=2, ge=1)
+    finetune_min_new_pairs: int = Field(default=50, ge=1)
+    # ``voc nightly`` holds a lease row this long; a crashed run's lease expires after it.
+    nightly_lease_minutes: float = Field(default=240.0, gt=0)
 
     @field_validator("report_timezone")
     @classmethod

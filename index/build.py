@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +35,11 @@ from index.search import (
 from index.store import (
     IndexNotFoundError,
     SourceRecord,
+    current_generation,
+    generation_manifest,
     load_index,
+    publish_generation,
+    read_chunks,
     read_manifest,
     read_sources,
     save_index,
@@ -60,7 +64,8 @@ class UpdateReport:
 
 
 @contextmanager
-def _writer_lock(directory: Path) -> Iterator[None]:
+def writer_lock(directory: Path) -> Iterator[None]:
+    """Hold the index's writer lock (every update takes it; not re-entrant)."""
     directory.mkdir(parents=True, exist_ok=True)
     with open(directory / ".lock", "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
@@ -140,7 +145,7 @@ def _apply(
     fusion: FusionConfig | None,
     progress: bool,
 ) -> UpdateReport:
-    with _writer_lock(directory):
+    with writer_lock(directory):
         old, old_sources, old_chunking = _load_previous(directory, embedder)
         chunking = chunking or old_chunking or ChunkingConfig()
         rechunk_all = old_chunking is not None and old_chunking != chunking
@@ -149,7 +154,8 @@ def _apply(
         keep = [
             s for s in old_sources.values() if s.id not in new_ids and s.id not in remove and not replace_all
         ]
-        old_chunks = {c.id: c for c in old.chunks} if old else {}
+        # With another embedder the old vectors are useless, but its chunks are still the documents'.
+        old_chunks = {c.id: c for c in (old.chunks if old else _live_chunks(directory, old_sources))}
         chunks: list[Chunk] = [old_chunks[cid] for s in keep for cid in s.chunk_ids]
         records = {s.id: s for s in keep}
         added, changed = [], []
@@ -201,6 +207,10 @@ def _load_previous(
     return load_index(directory, embedder), read_sources(directory), chunking
 
 
+def _live_chunks(directory: Path, sources: dict[str, SourceRecord]) -> list[Chunk]:
+    return read_chunks(current_generation(directory))[0] if sources else []
+
+
 def _unit_key(unit: VectorUnit) -> str:
     return content_hash("query" if is_query_like(unit.field) else "passage", unit.text)
 
@@ -243,3 +253,33 @@ def _assemble(
         fusion=fusion,
     )
     return index, len(todo)
+
+
+def reembed_index(
+    directory: Path,
+    embedder: Embedder,
+    *,
+    commit: Callable[[Path, Path], None] | None = None,
+    progress: bool = False,
+) -> Path:
+    """Write the live index's documents again as a new generation embedded by ``embedder``.
+
+    The same chunks, sources, chunking and fusion; only the vectors change (a new embedding model).
+    Under the writer lock: the generation is written completely, then ``commit(new, replaced)`` runs
+    (it records whatever must agree with the live index, e.g. the active model) and only then does
+    the new generation go live. A crash before ``commit`` leaves everything as it was; a crash after
+    it leaves a record naming ``new`` and ``replaced`` for the caller's recovery to finish.
+    """
+    with writer_lock(directory):
+        live = current_generation(directory)
+        manifest = generation_manifest(live)
+        chunks, _ = read_chunks(live)
+        c = manifest["chunking"]
+        chunking = ChunkingConfig(max_tokens=c["max_tokens"], overlap_tokens=c["overlap_tokens"])
+        fusion = FusionConfig(**manifest.get("fusion", {}))
+        index, _ = _assemble(chunks, embedder, None, fusion, progress)
+        gen = save_index(index, directory, read_sources(directory), chunking, publish=False)
+        if commit is not None:
+            commit(gen, live)
+        publish_generation(directory, gen)
+        return gen

@@ -49,9 +49,18 @@ class SourceRecord:
 
 
 def save_index(
-    index: KnowledgeIndex, directory: Path, sources: dict[str, SourceRecord], chunking: ChunkingConfig
+    index: KnowledgeIndex,
+    directory: Path,
+    sources: dict[str, SourceRecord],
+    chunking: ChunkingConfig,
+    *,
+    publish: bool = True,
 ) -> Path:
-    """Write ``index`` as a new generation and make it live; return the generation directory."""
+    """Write ``index`` as a new generation and make it live; return the generation directory.
+
+    With ``publish=False`` the generation is written completely but ``CURRENT`` is left alone: the
+    caller records what it must first (e.g. the active model) and then calls ``publish_generation``.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     gen = directory / f"gen-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
     tmp = gen.with_name(gen.name + ".tmp")
@@ -80,13 +89,21 @@ def save_index(
         _fsync(f)
     os.replace(tmp, gen)
     _fsync_dir(directory)
+    if publish:
+        publish_generation(directory, gen)
+    return gen
+
+
+def publish_generation(directory: Path, gen: Path) -> None:
+    """Make the complete generation ``gen`` live (one atomic replace of ``CURRENT``), then prune."""
+    if gen.parent.resolve() != directory.resolve() or not (gen / "manifest.json").is_file():
+        raise IndexNotFoundError(f"{gen} is not a complete generation of {directory}")
     pointer = directory / "CURRENT.tmp"
     pointer.write_text(gen.name + "\n", encoding="utf-8")
     _fsync(pointer)
     os.replace(pointer, directory / "CURRENT")
     _fsync_dir(directory)
     _prune(directory, keep=gen.name)
-    return gen
 
 
 def current_generation(directory: Path) -> Path:
@@ -102,7 +119,12 @@ def current_generation(directory: Path) -> Path:
 
 def read_manifest(directory: Path) -> dict[str, Any]:
     """The manifest of the live generation."""
-    return dict(json.loads((current_generation(directory) / "manifest.json").read_text(encoding="utf-8")))
+    return generation_manifest(current_generation(directory))
+
+
+def generation_manifest(gen: Path) -> dict[str, Any]:
+    """The manifest of one generation directory (live or not)."""
+    return dict(json.loads((gen / "manifest.json").read_text(encoding="utf-8")))
 
 
 def read_sources(directory: Path) -> dict[str, SourceRecord]:
@@ -113,8 +135,12 @@ def read_sources(directory: Path) -> dict[str, SourceRecord]:
 
 def load_index(directory: Path, embedder: Embedder, fusion: FusionConfig | None = None) -> KnowledgeIndex:
     """Load the live generation; the embedder must be the one the index was built with."""
-    gen = current_generation(directory)
-    manifest = json.loads((gen / "manifest.json").read_text(encoding="utf-8"))
+    return load_generation(current_generation(directory), embedder, fusion)
+
+
+def load_generation(gen: Path, embedder: Embedder, fusion: FusionConfig | None = None) -> KnowledgeIndex:
+    """Load one generation directory (a server reloading reads ``CURRENT`` once, then this)."""
+    manifest = generation_manifest(gen)
     if manifest.get("format_version") != FORMAT_VERSION:
         raise IndexMismatchError(
             f"{gen}: index format {manifest.get('format_version')}, expected "
@@ -125,15 +151,7 @@ def load_index(directory: Path, embedder: Embedder, fusion: FusionConfig | None 
             f"{gen}: built with embedder {manifest['embedder']!r} (dim {manifest['dimension']}), "
             f"asked to load with {embedder.name!r} (dim {embedder.dim}); rebuild with `madoguchi index build`"
         )
-    chunks: list[Chunk] = []
-    term_lists: list[list[str]] = []
-    with open(gen / "chunks.jsonl", encoding="utf-8") as fh:
-        for line in fh:
-            row = json.loads(line)
-            term_lists.append(row.pop("terms"))
-            row["heading_path"] = tuple(row["heading_path"])
-            row["variations"] = tuple(row["variations"])
-            chunks.append(Chunk(**row))
+    chunks, term_lists = read_chunks(gen)
     units = [VectorUnit(i, f, t) for i, f, t in json.loads((gen / "units.json").read_text(encoding="utf-8"))]
     return KnowledgeIndex(
         chunks=chunks,
@@ -144,6 +162,20 @@ def load_index(directory: Path, embedder: Embedder, fusion: FusionConfig | None 
         embedder=embedder,
         fusion=fusion or FusionConfig(**manifest.get("fusion", {})),
     )
+
+
+def read_chunks(gen: Path) -> tuple[list[Chunk], list[list[str]]]:
+    """The chunks of a generation and their BM25 terms (no embedder needed)."""
+    chunks: list[Chunk] = []
+    term_lists: list[list[str]] = []
+    with open(gen / "chunks.jsonl", encoding="utf-8") as fh:
+        for line in fh:
+            row = json.loads(line)
+            term_lists.append(row.pop("terms"))
+            row["heading_path"] = tuple(row["heading_path"])
+            row["variations"] = tuple(row["variations"])
+            chunks.append(Chunk(**row))
+    return chunks, term_lists
 
 
 def _write_json(path: Path, data: object) -> None:
@@ -164,12 +196,14 @@ def _fsync_dir(path: Path) -> None:
 
 def _prune(directory: Path, keep: str) -> None:
     """Remove old generations (keeping the newest few, so a reader mid-load is not pulled from under)
-    and leftovers of crashed writes."""
+    and leftovers of crashed writes. The live generation is never removed."""
     gens = sorted(
         (p for p in directory.glob("gen-*") if p.is_dir() and not p.name.endswith(".tmp")),
         key=lambda p: p.name,
     )
-    for old in [g for g in gens if g.name != keep][: max(0, len(gens) - _KEEP_GENERATIONS)]:
+    pointer = directory / "CURRENT"
+    live = pointer.read_text(encoding="utf-8").strip() if pointer.is_file() else keep
+    for old in [g for g in gens if g.name not in (keep, live)][: max(0, len(gens) - _KEEP_GENERATIONS)]:
         shutil.rmtree(old, ignore_errors=True)
     for tmp in directory.glob("gen-*.tmp"):
         shutil.rmtree(tmp, ignore_errors=True)

@@ -3,14 +3,16 @@
 The lifespan builds the services once (database, embedder, index, responder) unless they are handed
 in, then makes sure the first keys exist (``assistant.keys.bootstrap_keys``). The schema must be
 migrated before (``assistant.db.upgrade``; ``madoguchi serve`` does it).
+
+The responder of built services is an ``assistant.reload.LiveResponder``: the lifespan starts an
+``IndexReloader`` that swaps in new index generations (``voc learn``, promotions) without a restart.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import replace
 from typing import Any
 
 from fastapi import FastAPI
@@ -28,50 +30,82 @@ from assistant.api.ratelimit import build_limiter
 from assistant.db import Database
 from assistant.delivery import DeliveryWorker
 from assistant.keys import bootstrap_keys
+from assistant.reload import IndexReloader, LiveResponder, LoadedIndex
 from assistant.settings import Settings
 from index.embed import Embedder
 
 log = logging.getLogger(__name__)
 
 
-def assemble_services(settings: Settings, embedder: Embedder) -> Services:
-    """Open the database, load the index with ``embedder``, and assemble the responder."""
-    from assistant.respond import Responder
-    from index.store import load_index
+def assemble_services(
+    settings: Settings, embedder: Embedder, close_embedder: Callable[[], None] | None = None
+) -> Services:
+    """Open the database, load the live index generation with ``embedder``, assemble the responder.
 
-    index = load_index(settings.index_dir, embedder)
+    ``close_embedder`` stops what was built around ``embedder`` (its query batcher); the responder
+    (a ``LiveResponder``) owns it, and ``Services.closers`` closes the responder.
+    """
+    from assistant.respond import Responder
+    from index.store import current_generation, load_generation
+
+    gen = current_generation(settings.index_dir)
+    index = load_generation(gen, embedder)
     responder = Responder.from_settings(settings, index)
-    log.info("loaded index %s (%d chunks) with %s", settings.index_dir, len(index), embedder.name)
+    live = LiveResponder(LoadedIndex(responder, gen.name, embedder, close_embedder))
+    log.info("loaded index %s (%d chunks) with %s", gen, len(index), embedder.name)
     database = Database.connect(settings.database_url)
     return Services(
         settings=settings,
         database=database,
-        responder=responder,
+        responder=live,
         index_chunks=len(index),
         limiter=build_limiter(settings),
+        closers=(live.close,),
     )
 
 
-def build_services(settings: Settings, embedder: Embedder | None = None) -> Services:
-    """Everything from settings: the embedder (unless given), then ``assemble_services``.
+def serving_embedder(settings: Settings, embedder: Embedder) -> tuple[Embedder, Callable[[], None] | None]:
+    """``embedder`` as a server uses it: behind a query batcher unless ``api.query_batch_size`` is 0.
 
-    Query embeddings of concurrent turns are batched into one model call unless
-    ``api.query_batch_size`` is 0; ``Services.closers`` stops the batcher's worker thread.
+    Returns it and what stops the batcher's worker thread (None without one).
     """
     from index.batching import BatchingEmbedder
-    from index.embed import load_embedder
+
+    if settings.api.query_batch_size == 0:
+        return embedder, None
+    batching = BatchingEmbedder(embedder, max_batch=settings.api.query_batch_size)
+    return batching, batching.close
+
+
+def build_services(settings: Settings, embedder: Embedder | None = None) -> Services:
+    """Everything from settings: the embedder (unless given; ``assistant.active_model`` resolves it),
+    then ``assemble_services``. Query embeddings of concurrent turns are batched (``serving_embedder``).
+    """
+    from assistant.active_model import load_configured_embedder
 
     if embedder is None:
-        embedder = load_embedder(settings.embedder, settings.cache_dir)
-    if settings.api.query_batch_size == 0:
-        return assemble_services(settings, embedder)
-    batching = BatchingEmbedder(embedder, max_batch=settings.api.query_batch_size)
+        embedder = load_configured_embedder(settings)
+    served, close = serving_embedder(settings, embedder)
     try:
-        services = assemble_services(settings, batching)
+        return assemble_services(settings, served, close)
     except BaseException:
-        batching.close()
+        if close is not None:
+            close()
         raise
-    return replace(services, closers=(*services.closers, batching.close))
+
+
+def index_reloader(settings: Settings, services: Services) -> IndexReloader | None:
+    """The reloader of built services (None for a hand-made responder, which cannot be swapped)."""
+    from assistant.active_model import load_configured_embedder
+
+    if not isinstance(services.responder, LiveResponder):
+        return None
+    return IndexReloader(
+        services.responder,
+        settings,
+        lambda: load_configured_embedder(settings),
+        lambda embedder: serving_embedder(settings, embedder),
+    )
 
 
 def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
@@ -89,9 +123,16 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         delivery = DeliveryWorker(built.database, built.clock, settings.operators.delivery_poll_seconds)
         delivery.start()
         app.state.delivery_worker = delivery
+        # New index generations are swapped in off the request path (assistant.reload).
+        reloader = index_reloader(settings, built)
+        if reloader is not None:
+            reloader.start()
+        app.state.index_reloader = reloader
         try:
             yield
         finally:
+            if reloader is not None:
+                await run_in_threadpool(reloader.stop)
             await delivery.stop()
             await run_in_threadpool(operators.close_workspace, built, app.state.workspace)
             if services is None:

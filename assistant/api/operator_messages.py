@@ -61,7 +61,8 @@ class SuggestionsUnavailableError(ApiError):
 def get_suggester(request: Request, services: ServicesDep) -> Suggester:
     """The app's suggester: the responder's index and chat model (built on first use)."""
     suggester: Suggester | None = getattr(request.app.state, "suggester", None)
-    if suggester is None:
+    # Rebuilt when the server swapped in a new index generation (assistant.reload).
+    if suggester is None or suggester.index is not getattr(services.responder, "index", None):
         index = getattr(services.responder, "index", None)
         if index is None:
             raise SuggestionsUnavailableError("this server has no knowledge index to draft replies from")

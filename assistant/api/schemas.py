@@ -228,6 +228,9 @@ class HealthOut(BaseModel):
     status: Literal["ok", "degraded"]
     database: bool
     index_chunks: int | None
+    # The index generation serving turns (None for a responder that does not follow the index on disk).
+    index_generation: str | None = None
+    embedder: str | None = None
     llm: str | None
 
 

@@ -152,10 +152,12 @@ class GapOut(BaseModel):
 
 
 class EntryUseOut(BaseModel):
-    """How one FAQ entry fared: shown, answered from, failed after."""
+    """How one source fared: retrieved, shown, answered from, failed after."""
 
-    faq_id: str
+    faq_id: str = Field(description="The source id: an FAQ entry's id or a manual's (manual:...).")
+    kind: str = Field(description="faq, or the kind of manual (manual, ...).")
     title: str
+    retrieved: int = Field(description="Replies whose search found it, cited or not.")
     shown: int
     answered: int
     failed: int
@@ -177,9 +179,10 @@ class DuplicateOut(BaseModel):
 
 
 class AuditOut(BaseModel):
-    """The content audit of the FAQ."""
+    """The content audit of the knowledge base (FAQ entries and manuals)."""
 
-    entries: int
+    entries: int = Field(description="FAQ entries audited.")
+    manuals: int = Field(description="Manuals audited (their chunks grouped by source).")
     unseen: list[EntryUseOut]
     failing: list[EntryUseOut]
     stale: list[EntryUseOut]
@@ -191,6 +194,7 @@ class AuditOut(BaseModel):
         """From an audit report."""
         return cls(
             entries=report.entries,
+            manuals=report.manuals,
             unseen=[EntryUseOut.of(u) for u in report.unseen],
             failing=[EntryUseOut.of(u) for u in report.failing],
             stale=[EntryUseOut.of(u) for u in report.stale],

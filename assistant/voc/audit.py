@@ -1,12 +1,16 @@
-"""Content audit of the FAQ: entries nobody sees, entries that fail, stale entries, near-duplicates.
+"""Content audit of the knowledge base: sources nobody sees, sources that fail, stale sources, and
+near-duplicate FAQ entries.
 
-- Unseen: never cited by a bot reply in the last ``unseen_days`` (what was shown comes from
-  ``messages.citations``; retrievals that were not shown are not logged, so "never retrieved" is
-  approximated by "never shown").
-- Failing: answers citing the entry first (the entry the answer came from) that were followed by a
+A source is an FAQ entry or a manual (its chunks grouped by source id; ``kind`` tells which).
+
+- Unseen: in the last ``unseen_days`` never retrieved by a turn's search and never cited by a reply.
+  What a turn retrieved is logged in ``messages.retrieved`` (migration 0004: the distinct sources of
+  its hits, best first); older replies without it count their citations as their retrievals.
+- Failing: answers citing the source first (the source the answer came from) that were followed by a
   hand-off in the same conversation, a thumbs down, or a bad survey (CSAT <= 2 or not resolved), at a
   rate of at least ``fail_rate`` over at least ``min_answers`` answers.
-- Stale: ``updated_at`` older than ``stale_days``.
+- Stale: ``updated_at`` older than ``stale_days`` (a manual's front matter date, else its file's
+  modification date at indexing).
 - Near-duplicates: two entries in the same language that are each other's nearest neighbour both by
   question and by answer, with questions closer than the closest quarter of the knowledge base's own
   question-to-variation pairs (calibrated, like the gap clusters; 0.05 cosine distance when there are
@@ -44,14 +48,16 @@ class AuditConfig:
 
 @dataclass(frozen=True)
 class EntryUse:
-    """How one FAQ entry fared in the audit period."""
+    """How one source (an FAQ entry or a manual) fared in the audit period."""
 
-    faq_id: str
+    faq_id: str  # the source id: an FAQ entry's id, or a manual's (``manual:...``)
     title: str
     shown: int
     answered: int
     failed: int
     updated_at: str | None
+    retrieved: int = 0  # replies whose search found it (cited or not)
+    kind: str = "faq"
 
     @property
     def fail_rate(self) -> float:
@@ -70,14 +76,15 @@ class DuplicatePair:
 
 @dataclass(frozen=True)
 class AuditReport:
-    """The four lists of the audit, each sorted most actionable first."""
+    """The four lists of the audit, each sorted most actionable first (FAQ entries and manuals)."""
 
-    entries: int
+    entries: int  # FAQ entries
     unseen: tuple[EntryUse, ...]
     failing: tuple[EntryUse, ...]
     stale: tuple[EntryUse, ...]
     duplicates: tuple[DuplicatePair, ...]
     duplicate_threshold: float
+    manuals: int = 0
 
 
 def faq_chunks(index: KnowledgeIndex) -> list[Chunk]:
@@ -85,13 +92,22 @@ def faq_chunks(index: KnowledgeIndex) -> list[Chunk]:
     return [c for c in index.chunks if c.kind == "faq"]
 
 
-def _usage(session: Session, since: datetime) -> tuple[Counter[str], Counter[str], Counter[str]]:
-    """(shown, answered, failed) counts per source id over bot replies since ``since``."""
+@dataclass(frozen=True)
+class _Usage:
+    shown: Counter[str]
+    retrieved: Counter[str]
+    answered: Counter[str]
+    failed: Counter[str]
+
+
+def _usage(session: Session, since: datetime) -> _Usage:
+    """Shown, retrieved, answered and failed counts per source id over bot replies since ``since``."""
     replies = session.execute(
         select(
-            Message.id, Message.conversation_id, Message.created_at, Message.decision, Message.citations
+            Message.id, Message.conversation_id, Message.created_at, Message.decision, Message.citations,
+            Message.retrieved,
         ).where(Message.role == "bot", Message.created_at > since)
-    ).all()
+    ).all()  # fmt: skip
     down = set(session.scalars(select(Feedback.message_id).where(Feedback.rating == "down")))
     handoffs: dict[object, list[datetime]] = {}
     for cid, at in session.execute(select(Escalation.conversation_id, Escalation.created_at)):
@@ -103,18 +119,28 @@ def _usage(session: Session, since: datetime) -> tuple[Counter[str], Counter[str
             )
         )
     )
-    shown: Counter[str] = Counter()
-    answered: Counter[str] = Counter()
-    failed: Counter[str] = Counter()
-    for mid, cid, at, decision, citations in replies:
+    use = _Usage(Counter(), Counter(), Counter(), Counter())
+    for mid, cid, at, decision, citations, retrieved in replies:
         ids = [str(c["source_id"]) for c in citations or [] if c.get("source_id")]
-        shown.update(set(ids))
+        use.shown.update(set(ids))
+        # what was cited was retrieved; replies from before migration 0004 have only their citations
+        use.retrieved.update(set(ids) | {str(r) for r in retrieved or []})
         if decision != "answer" or not ids:
             continue
-        answered[ids[0]] += 1
+        use.answered[ids[0]] += 1
         if mid in down or cid in bad or any(t >= at for t in handoffs.get(cid, [])):
-            failed[ids[0]] += 1
-    return shown, answered, failed
+            use.failed[ids[0]] += 1
+    return use
+
+
+def _sources(index: KnowledgeIndex) -> list[tuple[Chunk, str]]:
+    """One chunk per source (the first), with the source's title: FAQ entries, then manuals."""
+    first: dict[str, Chunk] = {}
+    for c in index.chunks:
+        first.setdefault(c.source_id, c)
+    faq = [(c, c.display_title) for c in first.values() if c.kind == "faq"]
+    manuals = [(c, c.title or c.source_id) for c in first.values() if c.kind != "faq"]
+    return faq + manuals
 
 
 def _is_stale(updated_at: str | None, cutoff: date) -> bool:
@@ -161,29 +187,27 @@ def near_duplicates(index: KnowledgeIndex) -> tuple[list[DuplicatePair], float]:
 
 
 def audit_content(session: Session, index: KnowledgeIndex, now: datetime, config: AuditConfig) -> AuditReport:
-    """Audit every FAQ entry of the index against the conversations of the last ``unseen_days``."""
-    shown, answered, failed = _usage(session, now - timedelta(days=config.unseen_days))
+    """Audit every FAQ entry and manual of the index against the conversations of ``unseen_days``."""
+    use = _usage(session, now - timedelta(days=config.unseen_days))
     uses = [
         EntryUse(
-            c.source_id,
-            c.display_title,
-            shown[c.source_id],
-            answered[c.source_id],
-            failed[c.source_id],
-            c.updated_at,
+            c.source_id, title, use.shown[c.source_id], use.answered[c.source_id], use.failed[c.source_id],
+            c.updated_at, use.retrieved[c.source_id], c.kind,
         )  # fmt: skip
-        for c in faq_chunks(index)
+        for c, title in _sources(index)
     ]
     cutoff = (now - timedelta(days=config.stale_days)).date()
     failing = [u for u in uses if u.answered >= config.min_answers and u.fail_rate >= config.fail_rate]
     duplicates, similarity = near_duplicates(index)
     return AuditReport(
-        entries=len(uses),
-        unseen=tuple(sorted((u for u in uses if u.shown == 0), key=lambda u: u.faq_id)),
+        entries=sum(1 for u in uses if u.kind == "faq"),
+        unseen=tuple(sorted((u for u in uses if u.shown == 0 and u.retrieved == 0),
+                            key=lambda u: (u.kind != "faq", u.faq_id))),  # fmt: skip
         failing=tuple(sorted(failing, key=lambda u: (-u.fail_rate, -u.answered, u.faq_id))),
         stale=tuple(
             sorted((u for u in uses if _is_stale(u.updated_at, cutoff)), key=lambda u: u.updated_at or "")
         ),
         duplicates=tuple(duplicates),
         duplicate_threshold=round(similarity, 4),
+        manuals=sum(1 for u in uses if u.kind != "faq"),
     )

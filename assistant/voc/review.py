@@ -8,7 +8,7 @@
    folder and updates the index incrementally (``index.build.add_documents``): links are appended to
    ``learned_variations.jsonl`` (read by ``index.ingest`` on every build, so a rebuild keeps them),
    drafts go to ``learned_faq.yaml``, an ordinary FAQ file. The team's own files are never rewritten.
-   A running server sees the new index generation after a restart.
+   A running server swaps the new index generation in by itself (``assistant.reload``).
 
 Errors: ``ReviewError`` and its children ``ReviewItemNotFoundError``, ``AlreadyReviewedError``,
 ``UnknownEntryError`` and ``NothingToDraftError``.

@@ -176,7 +176,11 @@ def test_gaps_and_audit_through_the_api(api: Api) -> None:
     audit = api.client.get("/v1/voc/audit?unseen_days=1&stale_days=30", headers=api.headers("admin"))
     assert audit.status_code == 200, audit.text
     body = audit.json()
-    assert body["entries"] == len(faq_chunks(api.services.responder.index)) == len(body["unseen"])
+    index = api.services.responder.index
+    assert body["entries"] == len(faq_chunks(index))
+    assert body["manuals"] == len({c.source_id for c in index.chunks if c.kind != "faq"}) > 0
+    assert len(body["unseen"]) == body["entries"] + body["manuals"]
+    assert {u["kind"] for u in body["unseen"]} >= {"faq"} and all(u["retrieved"] == 0 for u in body["unseen"])
     assert api.client.get("/v1/voc/gaps", headers=api.headers("customer")).status_code == 403
     assert api.client.get("/v1/voc/gaps?days=0", headers=api.headers("admin")).status_code == 422
     assert api.client.get("/v1/voc/audit?stale_days=x", headers=api.headers("admin")).status_code == 422

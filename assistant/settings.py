@@ -59,11 +59,13 @@ class ApiSettings(BaseModel):
     # Embed the queries of concurrent turns in one model call (index.batching); 0 turns it off.
     # bench/bench_api.py measures what it buys at 16 and 64 concurrent customers.
     query_batch_size: int = Field(default=64, ge=0)
-    # Torch threads of a serving process (0: torch's default, one per core). Only the batcher's worker
-    # thread runs the model there, and a torch thread team driven from a non-main thread costs about
-    # twice the time of one thread on a single query (measured: 24.8 vs 14.4 ms) for the same batch
-    # throughput (414 vs 421 queries/s at batch 64); the other core serves requests meanwhile.
+    # Torch threads of a serving process (0: torch's default, one per core): ``inference_threads`` for
+    # a batch of several queries (a crowd: the other turns' Python work needs a core meanwhile), and
+    # ``lone_query_threads`` for a batch of one (nobody else is embedding: every core cuts latency).
+    # Measured on an AVX2 machine, fp32, the batcher's worker thread: one query 35-37 ms with one
+    # thread vs 25-30 ms with two; switching per batch costs nothing measurable.
     inference_threads: int = Field(default=1, ge=0)
+    lone_query_threads: int = Field(default=0, ge=0)
     # Share per-key rate limits between replicas through this Redis (e.g. redis://127.0.0.1:6379/0);
     # unset: each process keeps its own buckets, right for a single replica.
     redis_url: str | None = None

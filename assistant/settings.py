@@ -54,6 +54,9 @@ class ApiSettings(BaseModel):
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     # How long a request holding an idempotency key may run before a retry may take it over.
     idempotency_lease_seconds: float = Field(default=120.0, gt=0)
+    # A verified key is trusted this long without asking the database again (0: ask every time).
+    # Revoking through a replica's admin API takes effect there at once, elsewhere within this time.
+    key_cache_seconds: float = Field(default=5.0, ge=0, le=300)
     # How many earlier messages of the conversation a turn sees.
     history_messages: int = Field(default=12, ge=0)
     # Embed the queries of concurrent turns in one model call (index.batching); 0 turns it off.

@@ -69,6 +69,7 @@ def revoke_api_key(key_id: int, _admin: AdminKey, services: ServicesDep) -> ApiK
             info = revoke_key(session, key_id)
         except KeyNotFoundError as exc:
             raise NotFoundError(str(exc), code="api_key_not_found") from exc
+    services.key_cache.forget(key_id)  # other replicas stop accepting it within api.key_cache_seconds
     return _key_out(info, True)
 
 

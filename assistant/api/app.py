@@ -27,6 +27,7 @@ from assistant.api import voc as voc_api
 from assistant.api.bodylimit import BodyLimitMiddleware
 from assistant.api.deps import Services
 from assistant.api.errors import install_error_handlers
+from assistant.api.keycache import KeyCache
 from assistant.api.pages import WEB_DIR
 from assistant.api.ratelimit import build_limiter
 from assistant.db import Database
@@ -63,6 +64,7 @@ def assemble_services(
         index_chunks=len(index),
         limiter=build_limiter(settings),
         closers=(live.close,),
+        key_cache=KeyCache(settings.api.key_cache_seconds),
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -12,9 +13,11 @@ import pytest
 from pydantic import SecretStr
 from sqlalchemy import select
 
+from assistant.api.keycache import KeyCache
 from assistant.api.ratelimit import TokenBucketLimiter
 from assistant.db import Database
 from assistant.keys import (
+    KeyInfo,
     KeyNotFoundError,
     bootstrap_keys,
     find_key,
@@ -217,3 +220,40 @@ def test_admin_marks_a_member_vip(api: Api) -> None:
         headers=api.headers("admin"),
     )
     assert bad.status_code == 422
+
+
+def test_key_cache_expires_forgets_and_can_be_off() -> None:
+    now = [0.0]
+    cache = KeyCache(5.0, clock=lambda: now[0], max_entries=2)
+    a, b, c = (KeyInfo(i, "customer", f"k{i}", "mdg_c", None) for i in (1, 2, 3))
+    cache.put("ha", a)
+    now[0] = 4.9
+    assert cache.get("ha") == a
+    now[0] = 5.0
+    assert cache.get("ha") is None  # expired: the database is asked again
+    cache.put("ha", a)
+    cache.put("ha2", a)  # the same key under a second secret hash
+    cache.forget(1)
+    assert cache.get("ha") is None and cache.get("ha2") is None
+    cache.put("hb", b)
+    cache.put("hc", c)
+    cache.put("ha", a)  # over max_entries: the oldest goes
+    assert cache.get("hb") is None and cache.get("hc") == c and cache.get("ha") == a
+    off = KeyCache(0.0)
+    off.put("ha", a)
+    assert off.get("ha") is None
+
+
+def test_a_key_revoked_on_another_replica_stops_within_the_cache_time(api: Api) -> None:
+    issued = api.client.post(
+        "/v1/admin/api-keys", json={"role": "customer", "name": "elsewhere"}, headers=api.headers("admin")
+    ).json()
+    headers = {"X-API-Key": issued["key"]}
+    assert api.client.post("/v1/conversations", json={}, headers=headers).status_code == 201  # now cached
+    api.services.key_cache.ttl = 0.3
+    with api.services.database.session() as session:  # what another replica's revoke does
+        revoke_key(session, issued["id"])
+    assert api.client.post("/v1/conversations", json={}, headers=headers).status_code == 201  # still cached
+    time.sleep(0.35)
+    after = api.client.post("/v1/conversations", json={}, headers=headers)
+    assert after.status_code == 401 and after.json()["code"] == "unauthenticated"

@@ -75,6 +75,8 @@ class PreparedTurn:
     turn: TurnInput
     # Already waiting for people: a hand-off decision adds no message, so nothing is streamed.
     queued: bool = False
+    # The stored customer message as committed (fully loaded, detached): the reply needs no re-read.
+    message: Message | None = None
 
 
 def receive_message(
@@ -151,7 +153,7 @@ def _prepare_in(
         answered_sources=context.answered_sources,
         last_decision=context.last_decision,
     )
-    return PreparedTurn(stored, turn, queued=conversation.status == "escalated")
+    return PreparedTurn(stored, turn, queued=conversation.status == "escalated", message=message)
 
 
 def _stored_reply(session: Session, message: Message) -> Message | None:
@@ -190,7 +192,7 @@ def store_reply(services: Services, prepared: PreparedTurn, reply: Reply) -> Tur
     )
     with services.database.session() as session:
         conversation = session.get_one(Conversation, stored.conversation_id)
-        message = session.get_one(Message, stored.message_id)
+        message = prepared.message or session.get_one(Message, stored.message_id)
         bot_message: Message | None = None
         if conversation.assigned_operator_id is not None:
             pass  # a person claimed the conversation while the bot was answering: it stays silent

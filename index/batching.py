@@ -105,6 +105,9 @@ class BatchingEmbedder:
             self._closed = True
             self._queue.put(None)
         self._worker.join()
+        stats = self.stats
+        log.info("query batcher stopped: %d texts in %d model calls (mean batch %.1f, largest %d)",
+                 stats.texts, stats.calls, stats.mean_batch, stats.largest)
 
     def _run(self) -> None:
         pending: _Request | None = None

@@ -14,12 +14,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import select
 
 from assistant.models import Escalation, Message
 from assistant.settings import ApiSettings, OperatorSettings
-from tests.assistant.seams import Api, ExplodingResponder, WitnessResponder, parse_events, start_api
+from tests.assistant.seams import (
+    Api,
+    ExplodingResponder,
+    WitnessResponder,
+    parse_events,
+    served_with_key,
+    start_api,
+)
 
 # --- conversations and answers -------------------------------------------------------------------
 
@@ -377,3 +385,19 @@ def test_replies_keep_their_json_shape(api: Api) -> None:
         "citations",
     }
     json.dumps(turn)
+
+
+def test_a_declared_oversized_body_gets_its_413_over_real_http(tmp_path: Path, responder: Any) -> None:
+    # The 413 is sent before the body is read; the client must still get it, not a broken pipe,
+    # whatever the body's size (schemathesis once hit a reset with a 190 KB body).
+    with (
+        served_with_key(tmp_path, responder, "customer") as (base, key),
+        httpx.Client(base_url=base, headers={"X-API-Key": key}, timeout=30) as client,
+    ):
+        cid = client.post("/v1/conversations", json={}).json()["id"]
+        for size in (70_000, 190_000, 900_000) * 5:
+            response = client.post(f"/v1/conversations/{cid}/messages", json={"text": "a" * size})
+            assert response.status_code == 413 and response.json()["code"] == "body_too_large"
+        giant = client.post(f"/v1/conversations/{cid}/messages", json={"text": "a" * 8_000_000})
+        assert giant.status_code == 413
+        assert client.get(f"/v1/conversations/{cid}").json()["messages"] == []

@@ -29,6 +29,7 @@ from typing import Any
 
 from assistant.settings import Settings
 from index.embed import DEFAULT_SPECS, Embedder, load_embedder
+from index.store import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def write_active(settings: Settings, record: ActiveModel) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, folder / ACTIVE_FILE)
-    _fsync_dir(folder)
+    fsync_dir(folder)
     append_history(settings, asdict(record))
 
 
@@ -165,10 +166,3 @@ def recover_promotion(settings: Settings) -> bool:
                 record.generation, record.embedder)
     return True
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

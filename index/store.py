@@ -88,7 +88,7 @@ def save_index(
     for f in tmp.iterdir():
         _fsync(f)
     os.replace(tmp, gen)
-    _fsync_dir(directory)
+    fsync_dir(directory)
     if publish:
         publish_generation(directory, gen)
     return gen
@@ -102,7 +102,7 @@ def publish_generation(directory: Path, gen: Path) -> None:
     pointer.write_text(gen.name + "\n", encoding="utf-8")
     _fsync(pointer)
     os.replace(pointer, directory / "CURRENT")
-    _fsync_dir(directory)
+    fsync_dir(directory)
     _prune(directory, keep=gen.name)
 
 
@@ -190,7 +190,8 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a folder's entries (a rename into it) durable."""
     _fsync(path)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -42,13 +43,16 @@ def test_create_app_builds_its_services_from_settings(tmp_path: Path, index_dir:
         assert 'content="mdg_c_' in page.text  # the first start created the publishable widget key
 
 
-def test_madoguchi_serve_answers_from_a_fresh_home(tmp_path: Path) -> None:
+def test_madoguchi_serve_answers_from_a_fresh_home_and_follows_index_changes(tmp_path: Path) -> None:
     port = free_port()
+    kb = tmp_path / "kb"
+    shutil.copytree(SMALL_KB, kb)
     env = os.environ | {
         "MADOGUCHI_HOME": str(tmp_path / "home"),
         "MADOGUCHI_PORT": str(port),
-        "MADOGUCHI_KB_SOURCES": f'["{SMALL_KB}"]',
+        "MADOGUCHI_KB_SOURCES": f'["{kb}"]',
         "MADOGUCHI_CACHE_DIR": str(model_cache_dir()),
+        "MADOGUCHI_API__INDEX_RELOAD_SECONDS": "0.5",
     }
     log = tmp_path / "serve.log"
     with open(log, "w") as out:
@@ -68,6 +72,20 @@ def test_madoguchi_serve_answers_from_a_fresh_home(tmp_path: Path) -> None:
         assert turn["reply"]["decision"] == "answer"
         assert turn["reply"]["citations"][0]["source_id"] == "sim-activation"
         assert "created the first admin API key" in log.read_text()
+        # A new entry, indexed by another process: the running server answers from it, no restart.
+        serving = httpx.get(f"{base}/healthz").json()["index_generation"]
+        (kb / "faq_roaming.yaml").write_text(_ROAMING, encoding="utf-8")
+        subprocess.run([sys.executable, "-m", "assistant.cli", "index", "build"], cwd=REPO, env=env,
+                       check=True, capture_output=True)
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{base}/healthz").json()["index_generation"] == serving:
+            assert time.monotonic() < deadline, f"the server kept {serving}:\n{log.read_text()}"
+            time.sleep(0.2)
+        roaming = httpx.post(
+            f"{base}/v1/conversations/{cid}/messages", json={"text": "海外ローミングの料金はいくらですか"},
+            headers=headers,
+        ).json()
+        assert roaming["reply"]["citations"][0]["source_id"] == "roaming-fee", roaming
     finally:
         process.send_signal(signal.SIGINT)
         try:
@@ -75,6 +93,15 @@ def test_madoguchi_serve_answers_from_a_fresh_home(tmp_path: Path) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+_ROAMING = """- id: roaming-fee
+  question: 海外ローミングの料金はいくらですか？
+  answer: 海外ローミングは1日980円の定額で、データ通信が使い放題になります。
+  variations: [海外で使うといくら, ローミング料金]
+  category: 料金
+  updated_at: 2026-11-01
+"""
 
 
 def _wait_until_healthy(base: str, process: subprocess.Popen[bytes], log: Path) -> None:

@@ -167,13 +167,29 @@ _EN_STOP = set(
 _SUDACHI_MAX_CHARS = 12_000
 
 _local = threading.local()
+_dictionary: Dictionary | None = None
+_dictionary_lock = threading.Lock()
+
+
+def _shared_dictionary() -> Dictionary:
+    """The Sudachi dictionary, loaded once per process (~50 ms) and shared by every thread's tokenizer."""
+    global _dictionary
+    if _dictionary is None:
+        with _dictionary_lock:
+            if _dictionary is None:
+                _dictionary = Dictionary(dict="core")  # type: ignore[call-arg]
+    return _dictionary
 
 
 def _tokenizer() -> object:
-    """One Sudachi tokenizer per thread: the tokenizer object is not thread-safe."""
+    """One Sudachi tokenizer per thread (the tokenizer object is not thread-safe).
+
+    Tokenizers are cheap to make from the shared dictionary; loading a dictionary per thread cost a
+    busy server ~50 ms of GIL time for every new worker thread (measured with py-spy in bench_api).
+    """
     tok = getattr(_local, "tokenizer", None)
     if tok is None:
-        tok = Dictionary(dict="core").tokenizer(mode=SplitMode.B)  # type: ignore[call-arg]
+        tok = _shared_dictionary().tokenizer(mode=SplitMode.B)
         _local.tokenizer = tok
     return tok
 

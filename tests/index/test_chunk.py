@@ -9,6 +9,7 @@ import pytest
 from index.chunk import ChunkingConfig, chunk_documents, embed_text
 from index.documents import Manual, Section, SourceDoc
 from index.ingest import load_sources, manual_source
+from index import textja
 from index.textja import approx_tokens, split_sentences, terms
 
 KB = Path(__file__).resolve().parents[1] / "data" / "kb_small"
@@ -69,6 +70,24 @@ def test_english_sentences_and_a_long_line_without_ends() -> None:
 def test_terms_keep_content_words_in_normal_form() -> None:
     assert terms("ＳＩＭカードが届きました。開通手続きは？") == ["sim", "カード", "届く", "開通", "手続き"]
     assert terms("How do I cancel my plans?") == ["cancel", "plan"]
+
+
+def test_threads_tokenize_with_their_own_tokenizer_over_one_shared_dictionary() -> None:
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    together = threading.Barrier(4)  # four threads at once, so none is reused
+
+    def in_a_thread(_: int) -> tuple[list[str], int, int]:
+        together.wait(timeout=10)
+        found = terms("料金の支払い方法を変更したい")
+        return found, id(textja._local.tokenizer), id(textja._shared_dictionary())
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(in_a_thread, range(4)))
+    assert all(found == results[0][0] and "支払い" in found for found, _, _ in results)
+    assert len({tokenizer for _, tokenizer, _ in results}) == 4  # one tokenizer per thread
+    assert len({dictionary for _, _, dictionary in results}) == 1  # the dictionary is loaded once
 
 
 def test_chunking_config_is_validated() -> None:

@@ -145,6 +145,10 @@ class VocSettings(BaseModel):
     # held-out evaluation says better) once this many reviewed pairs are new since the last attempt.
     nightly_review_days: int = Field(default=2, ge=1)
     finetune_min_new_pairs: int = Field(default=50, ge=1)
+    # Torch threads of the learning jobs (fine-tuning, re-embedding): they run beside the API on the
+    # same cores, where more threads than the machine has spare make every step wait (measured: a
+    # small fine-tune took 159 s with torch's default pool on a busy 2-core machine, 9 s with one).
+    job_threads: int = Field(default=1, ge=1, le=256)
     # ``voc nightly`` holds a lease row this long; a crashed run's lease expires after it.
     nightly_lease_minutes: float = Field(default=240.0, gt=0)
 

@@ -63,15 +63,24 @@ def finetune(
     out: Annotated[Path | None, typer.Option(help="Where to save the tuned model.")] = None,
     holdout: Annotated[float, typer.Option(min=0.1, max=0.5, help="Share of questions held out.")] = 0.2,
     k: Annotated[int, typer.Option(min=1, max=100)] = 10,
-    no_track: NoTrackOpt = False, tracking_uri: TrackingUriOpt = None,
+    epochs: Annotated[int, typer.Option(min=1, max=100, help="Passes over the training pairs.")] = 1,
+    learning_rate: Annotated[float, typer.Option(min=1e-7, max=1e-2, help="AdamW learning rate.")] = 2e-5,
+    batch_size: Annotated[int, typer.Option(min=2, max=512, help="Pairs a step (in-batch negatives).")] = 16,
+    threads: Annotated[
+        int | None, typer.Option(min=1, max=256, help="Torch threads (default: voc.job_threads, 1).")
+    ] = None,
+    no_track: NoTrackOpt = False,
+    tracking_uri: TrackingUriOpt = None,
 ) -> None:
     """Fine-tune the embedder on reviewed (question, entry) pairs; it goes live only if it retrieves better.
 
     Held-out reviewed questions decide. A better model is saved (default <home>/models/finetuned-<time>),
     the index is re-embedded with it as a new generation and it becomes the active model (running
-    servers switch by themselves); a worse one is deleted and nothing changes.
+    servers switch by themselves); a worse one is deleted and nothing changes. --epochs, --learning-rate
+    and --batch-size set the training pass (defaults: one epoch at 2e-5, 16 pairs a step); --threads
+    the torch threads (default voc.job_threads, 1: the job shares the cores with the API).
     """
-    from assistant.voc.finetune import FinetuneError, reviewed_links
+    from assistant.voc.finetune import FinetuneConfig, FinetuneError, reviewed_links
     from eval.learning import LearningDataError
     from eval.promotion import finetune_and_promote
     from index.store import IndexMismatchError, IndexNotFoundError, load_index
@@ -82,10 +91,16 @@ def finetune(
     except (IndexNotFoundError, IndexMismatchError) as exc:
         _fail(str(exc))
         return
-    with _database(s).session() as session:
-        links = reviewed_links(session)
+    database = _database(s)
     try:
-        outcome = finetune_and_promote(s, index, links, holdout=holdout, k=k, out=out,
+        with database.session() as session:
+            links = reviewed_links(session)
+    finally:
+        database.dispose()
+    config = FinetuneConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate)
+    try:
+        outcome = finetune_and_promote(s, index, links, holdout=holdout, k=k, out=out, config=config,
+                                       threads=threads,
                                        tracking=_tracking(s, no_track, tracking_uri))  # fmt: skip
     except (FinetuneError, LearningDataError) as exc:
         _fail(f"{exc} (applied review links: {len(links)})")

@@ -18,7 +18,7 @@ Errors: ``LearningDataError`` for unusable inputs (too few queries for the folds
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -30,7 +30,7 @@ from eval.retrieval import RetrievalData, corpus_chunks
 from eval.track import RunRecord, TrackingConfig, log_run
 from index.build import UpdateReport
 from index.chunk import embed_text, faq_chunk
-from index.documents import FaqEntry
+from index.documents import Chunk, FaqEntry
 from index.embed import Embedder
 from index.search import KnowledgeIndex
 from index.store import load_index
@@ -277,12 +277,34 @@ class FinetuneGate:
     goes_live: bool
 
 
+def without_variations(chunks: Sequence[Chunk], questions: Iterable[str]) -> list[Chunk]:
+    """``chunks`` with ``questions`` removed from every FAQ entry's question variations.
+
+    A reviewed question that ``voc learn`` already wrote into the knowledge base is found by its own
+    text; judging a model on it would measure that copy, not the model.
+    """
+    drop = {" ".join(q.split()) for q in questions}
+    out = []
+    for c in chunks:
+        kept = tuple(v for v in c.variations if " ".join(v.split()) not in drop)
+        out.append(c if len(kept) == len(c.variations) else replace(c, variations=kept))
+    return out
+
+
 def gate_finetuned(
     index: KnowledgeIndex, questions: Mapping[str, tuple[str, str]], tuned: Embedder, *, k: int = 10
 ) -> FinetuneGate:
-    """Re-index the knowledge base with ``tuned`` and compare retrieval of ``questions`` with ``index``."""
+    """Compare retrieval of held-out ``questions`` by the live model and by ``tuned``.
+
+    Both sides search the live knowledge base with the held-out questions taken out of the question
+    variations (``without_variations``), so the gate measures what each model makes of a question it
+    has not seen; the live side re-embeds only what its cache lacks (the stripped entries).
+    """
     if not questions:
         raise LearningDataError("no held-out questions to judge the tuned model on")
+    chunks = without_variations(index.chunks, (q for q, _ in questions.values()))
+    if chunks != index.chunks:
+        index = KnowledgeIndex.from_chunks(chunks, index.embedder, index.fusion)
     before = evaluate_questions(index, questions, k)
-    after = evaluate_questions(KnowledgeIndex.from_chunks(index.chunks, tuned, index.fusion), questions, k)
+    after = evaluate_questions(KnowledgeIndex.from_chunks(chunks, tuned, index.fusion), questions, k)
     return FinetuneGate(len(questions), before, after, is_better(before, after, f"recall@{k}"))

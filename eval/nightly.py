@@ -25,7 +25,7 @@ from assistant.active_model import read_history
 from assistant.db import Database
 from assistant.settings import Settings
 from assistant.voc.alerts import run_trend_check
-from assistant.voc.finetune import FinetuneError, reviewed_links
+from assistant.voc.finetune import FinetuneError, reviewed_links, torch_threads
 from assistant.voc.joblock import job_lock
 from assistant.voc.review import collect_review_items, mark_applied, unapplied
 from eval.learning import LearningDataError, learn_and_evaluate
@@ -82,9 +82,10 @@ def run_nightly(
             since = now - timedelta(days=voc.nightly_review_days)
             summary.review_queued = collect_review_items(session, since, now, voc.low_confidence, now)
         summary.alerts = len(run_trend_check(database, voc, now))
-        embedder = load_embedder()
-        summary.learned = _learn(settings, database, embedder, now, tracking)
-        summary.finetune = _finetune(settings, database, embedder, tracking)
+        with torch_threads(voc.job_threads):  # re-embedding and training share the cores with the API
+            embedder = load_embedder()
+            summary.learned = _learn(settings, database, embedder, now, tracking)
+            summary.finetune = _finetune(settings, database, embedder, tracking)
     return summary
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from assistant.active_model import append_history, base_model, models_dir
 from assistant.settings import Settings
-from assistant.voc.finetune import FinetuneConfig, finetune_model, training_pairs
+from assistant.voc.finetune import FinetuneConfig, finetune_model, torch_threads, training_pairs
 from assistant.voc.promote import Gate, discard_model, promote_model
 from eval.learning import gate_finetuned
 from eval.track import RunRecord, TrackingConfig, log_run
@@ -56,13 +56,22 @@ def split_links(
 def finetune_and_promote(
     settings: Settings, index: KnowledgeIndex, links: Sequence[tuple[str, str]], *, holdout: float = 0.2,
     k: int = 10, out: Path | None = None, config: FinetuneConfig | None = None,
-    tracking: TrackingConfig | None = None,
+    tracking: TrackingConfig | None = None, threads: int | None = None,
 ) -> FinetuneOutcome:  # fmt: skip
     """Train, gate on held-out links against ``index`` (the live one), then promote or delete.
 
-    Raises ``assistant.voc.finetune.FinetuneError`` when there are too few training pairs and
+    Torch runs on ``threads`` (default ``voc.job_threads``) for the whole attempt. Raises
+    ``assistant.voc.finetune.FinetuneError`` when there are too few training pairs and
     ``eval.learning.LearningDataError`` when no held-out question is left.
     """
+    with torch_threads(threads or settings.voc.job_threads):
+        return _attempt(settings, index, links, holdout, k, out, config, tracking)
+
+
+def _attempt(
+    settings: Settings, index: KnowledgeIndex, links: Sequence[tuple[str, str]], holdout: float, k: int,
+    out: Path | None, config: FinetuneConfig | None, tracking: TrackingConfig | None,
+) -> FinetuneOutcome:  # fmt: skip
     held, train = split_links(links, holdout)
     target = out or models_dir(settings) / f"finetuned-{datetime.now(UTC):%Y%m%dT%H%M%S%f}"
     base = base_model(settings)

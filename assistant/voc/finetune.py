@@ -13,7 +13,8 @@ Errors: ``FinetuneError`` (too few pairs to train on).
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,19 @@ class FinetuneConfig:
     learning_rate: float = 2e-5
     max_seq_length: int = 256
     seed: int = 0
+
+
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run the block with torch's intra-op pool at ``threads`` (process-wide), then restore it."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def reviewed_links(session: Session) -> list[tuple[str, str]]:

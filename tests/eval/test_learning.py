@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from assistant.transcripts import BotReply, NewConversation, add_bot_reply, add_
 from assistant.voc.review import collect_review_items, draft_item, link_item, list_items, unapplied
 from eval.learning import (
     LearningDataError,
+    evaluate_questions,
     fold_of,
     gate_finetuned,
     is_better,
@@ -26,11 +28,13 @@ from eval.learning import (
     learn_and_evaluate,
     learned_chunks,
     summarize_folds,
+    without_variations,
 )
 from eval.retrieval import RetrievalData, load_retrieval_data
 from eval.track import TrackingConfig, get_run, sqlite_uri
 from index.build import build_index
 from index.ingest import LEARNED_VARIATIONS, IngestError, load_sources
+from index.search import KnowledgeIndex
 from index.store import load_index
 from tests.conftest import SMALL_KB
 
@@ -194,3 +198,30 @@ def test_a_tuned_model_goes_live_only_when_strictly_better(tmp_path: Path, cache
     assert same.before == same.after and not same.goes_live  # the same model is no improvement
     with pytest.raises(LearningDataError):
         gate_finetuned(index, {}, cached_embedder)
+
+
+def test_the_gate_judges_held_out_questions_without_their_learned_copies(
+    tmp_path: Path, cached_embedder: Any
+) -> None:
+    """``voc learn`` wrote the reviewed questions into their entries as variations; the gate must not
+    measure those copies (they find their entry by their own text, whatever the model)."""
+    build_index(tmp_path / "index", [SMALL_KB], cached_embedder, root=SMALL_KB)
+    plain = load_index(tmp_path / "index", cached_embedder)
+    learned_for = {f: q for q, f in LINKS.items()}
+    taught = [
+        replace(c, variations=(*c.variations, learned_for[c.source_id], "残す言い方"))
+        if c.source_id in learned_for else c
+        for c in plain.chunks
+    ]  # fmt: skip
+    learned = KnowledgeIndex.from_chunks(taught, cached_embedder, plain.fusion)
+    held = {f"held:{i}": link for i, link in enumerate(LINKS.items())}
+    assert evaluate_questions(learned, held, 1)["recall@1"] == 1.0  # the copies answer themselves
+
+    stripped = without_variations(taught, [" 請求書が欲しい ", "ネットの設定がわからない"])
+    for before, after in zip(plain.chunks, stripped, strict=True):
+        if before.source_id in learned_for:  # only the held-out copies go; other variations stay
+            assert after.variations == (*before.variations, "残す言い方")
+        else:
+            assert after is before
+    gate = gate_finetuned(learned, held, cached_embedder, k=1)
+    assert gate.before == gate.after and gate.before["recall@1"] == 0.0 and not gate.goes_live

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from index import textja
 from index.chunk import ChunkingConfig, chunk_documents, embed_text
 from index.documents import Manual, Section, SourceDoc
 from index.ingest import load_sources, manual_source
-from index import textja
 from index.textja import approx_tokens, split_sentences, terms
 
 KB = Path(__file__).resolve().parents[1] / "data" / "kb_small"

@@ -267,6 +267,40 @@ def finetune_fold(
     )  # fmt: skip
 
 
+FINETUNE_CONFIGS = ("base", "base_variations", "tuned", "tuned_variations")
+
+
+def summarize_finetune_folds(results: Sequence[FinetuneFoldResult]) -> dict[str, float]:
+    """Query-weighted means over the folds of each configuration, and how many folds the gate passed."""
+    if not results:
+        raise LearningDataError("no fine-tuning folds to summarize")
+    total = sum(r.queries for r in results)
+    out = {"queries": float(total), "folds": float(len(results)),
+           "goes_live": float(sum(r.goes_live for r in results))}  # fmt: skip
+    for config in FINETUNE_CONFIGS:
+        for metric in getattr(results[0], config):
+            if metric != "queries":
+                weighted = sum(getattr(r, config)[metric] * r.queries for r in results)
+                out[f"{metric}/{config}"] = weighted / total
+    return out
+
+
+def finetune_kfold_record(results: Sequence[FinetuneFoldResult], params: Mapping[str, object]) -> RunRecord:
+    """The MLflow run of a fine-tuning experiment: the summary as metrics, one table row per fold."""
+    table = [
+        {
+            "fold": r.fold,
+            "queries": r.queries,
+            "pairs": r.pairs,
+            "goes_live": r.goes_live,
+            **{f"{m}/{c}": v for c in FINETUNE_CONFIGS for m, v in getattr(r, c).items()},
+        }  # fmt: skip
+        for r in results
+    ]
+    return RunRecord("voc-finetune-kfold", dict(params), summarize_finetune_folds(results),
+                     {"kind": "learning"}, table)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class FinetuneGate:
     """A tuned model measured against the live one on held-out reviewed questions."""

@@ -21,12 +21,15 @@ from assistant.voc.review import collect_review_items, draft_item, link_item, li
 from eval.learning import (
     LearningDataError,
     evaluate_questions,
+    finetune_fold,
+    finetune_kfold_record,
     fold_of,
     gate_finetuned,
     is_better,
     kfold_learning,
     learn_and_evaluate,
     learned_chunks,
+    summarize_finetune_folds,
     summarize_folds,
     without_variations,
 )
@@ -225,3 +228,51 @@ def test_the_gate_judges_held_out_questions_without_their_learned_copies(
             assert after is before
     gate = gate_finetuned(learned, held, cached_embedder, k=1)
     assert gate.before == gate.after and gate.before["recall@1"] == 0.0 and not gate.goes_live
+
+
+def test_a_fine_tuning_experiment_measures_every_fold_and_weighs_them_by_queries(tmp_path: Path) -> None:
+    """Two folds of a tiny data set with a tiny model: each fold is tuned on the other's pairs and
+    measured in four configurations; the summary is the query-weighted mean, logged as one run."""
+    from assistant.voc.finetune import FinetuneConfig, torch_threads
+    from index.embed import SentenceTransformerEmbedder
+    from tests.index.test_embed import build_tiny_model
+
+    data = RetrievalData(
+        corpus={"e1": "Question: cat sat\nAnswer: red mat", "e2": "Question: dog sat\nAnswer: blue mat",
+                "e3": "Question: red cat\nAnswer: dog mat", "e4": "Question: blue dog\nAnswer: cat mat"},
+        queries={"1": "ran", "2": "the ran", "3": "fast", "4": "a fast", "5": "slow", "6": "the slow",
+                 "7": "on"},
+        qrels={"1": {"e1": 2}, "2": {"e1": 2}, "3": {"e2": 2}, "4": {"e2": 2}, "5": {"e3": 2},
+               "6": {"e3": 2, "e4": 1}, "7": {"e4": 2}},
+    )  # fmt: skip
+    base = build_tiny_model(tmp_path / "base", seed=2)
+    embedder = SentenceTransformerEmbedder(base, dtype="fp32")
+    config = FinetuneConfig(epochs=5, batch_size=4, learning_rate=1e-3)
+    with torch_threads(1):
+        results = [finetune_fold(data, base, embedder, tmp_path / f"fold-{f}", fold=f, folds=2, config=config)
+                   for f in (0, 1)]  # fmt: skip
+    assert sorted(r.queries for r in results) == [3, 4] and sum(r.pairs for r in results) == 7
+    for r in results:
+        assert (tmp_path / f"fold-{r.fold}" / "model").is_dir()
+        assert r.base["queries"] == r.tuned_variations["queries"] == r.queries
+        assert r.goes_live == is_better(r.base, r.tuned)
+    summary = summarize_finetune_folds(results)
+    assert (summary["queries"], summary["folds"]) == (7, 2)
+    assert summary["goes_live"] == sum(r.goes_live for r in results)
+    for config_name in ("base", "base_variations", "tuned", "tuned_variations"):
+        expected = sum(getattr(r, config_name)["recall@10"] * r.queries for r in results) / 7
+        assert summary[f"recall@10/{config_name}"] == pytest.approx(expected)
+    record = finetune_kfold_record(results, {"folds": 2})
+    assert record.name == "voc-finetune-kfold" and record.metrics == summary
+    assert [row["fold"] for row in record.table] == [0, 1] and "mrr@10/tuned" in record.table[0]
+    with pytest.raises(LearningDataError):
+        summarize_finetune_folds([])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--fold", "0", "--all-folds"], "not both"), (["--fold", "7"], "fold 7 does not exist")],
+)
+def test_finetune_experiment_refuses_folds_that_are_not_there(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(cli_app, ["voc", "finetune-experiment", "--data", "nowhere", *args])
+    assert result.exit_code == 2 and message in " ".join(result.output.split())

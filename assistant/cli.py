@@ -896,9 +896,11 @@ def voc_finetune_experiment(
     workdir: Annotated[Path | None, typer.Option(help="Where the tuned models go (default: temp).")] = None,
     no_track: NoTrackOpt = False, tracking_uri: TrackingUriOpt = None,
 ) -> None:
-    """LocalgovFAQ: fine-tune on the other folds' pairs, Recall@10 on each held-out fold (CPU: ~10 min a
-    fold). Prints the folds and their query-weighted summary; logs one MLflow run
-    (``voc-finetune-kfold``). Default: fold 0."""
+    """LocalgovFAQ: fine-tune on the other folds' pairs, Recall@10 on each held-out fold.
+
+    CPU: 4-5 min a fold. Default: fold 0. Prints the folds and their query-weighted summary and logs
+    one MLflow run (``voc-finetune-kfold``).
+    """
     import tempfile
     from dataclasses import asdict
 

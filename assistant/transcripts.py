@@ -317,10 +317,12 @@ def rate_message(
     return feedback
 
 
-def close_conversation(session: Session, conversation: Conversation) -> Conversation:
-    """Close the conversation (idempotent); it takes no more messages."""
+def close_conversation(
+    session: Session, conversation: Conversation, now: datetime | None = None
+) -> Conversation:
+    """Close the conversation (idempotent); it takes no more messages. ``now``: the caller's clock."""
     if conversation.status != "closed":
-        now = utcnow()
+        now = now or utcnow()
         conversation.status = "closed"
         conversation.closed_at = now
         conversation.updated_at = now

@@ -244,6 +244,7 @@ def close(conversation_id: uuid.UUID, key: CustomerKey, services: ServicesDep) -
     """Close the conversation (closing twice is fine); it takes no more messages."""
     with services.database.session() as session:
         conversation = _conversation(session, conversation_id, key)
-        close_conversation(session, conversation)
-        record_customer_close(session, conversation, services.clock())  # the bot-path resolution
+        now = services.clock()
+        close_conversation(session, conversation, now)
+        record_customer_close(session, conversation, now)  # the bot-path resolution
         return ConversationOut.of(conversation)

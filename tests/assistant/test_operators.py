@@ -226,7 +226,7 @@ def _bot_only(database: Database, rating: str | None) -> uuid.UUID:
 def _close_as_customer(database: Database, cid: uuid.UUID) -> Resolution | None:
     with database.session() as session:
         conversation = session.get_one(Conversation, cid)
-        close_conversation(session, conversation)
+        close_conversation(session, conversation, T0)
         return record_customer_close(session, conversation, T0)
 
 

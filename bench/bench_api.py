@@ -25,7 +25,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -57,7 +57,9 @@ class Phase:
     concurrency: int
     latencies: list[float]  # seconds per turn
     wall: float  # seconds for the whole phase
-    errors: int
+    errors: dict[str, int]  # "status: code" -> how many
+    # Seconds per turn in each server stage (the reply's Server-Timing header), in stage order.
+    stages: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def throughput(self) -> float:
@@ -113,12 +115,12 @@ async def run_phase(base: str, key: str, questions: list[str], concurrency: int,
     """``turns`` customer messages from ``concurrency`` customers at once, each in its own chat."""
     headers = {"Authorization": f"Bearer {key}"}
     latencies: list[float] = []
-    errors = 0
+    errors: dict[str, int] = {}
+    stages: dict[str, list[float]] = {}
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits, timeout=120) as client:
 
         async def customer(worker: int) -> None:
-            nonlocal errors
             mine = range(worker, turns, concurrency)
             created = await client.post("/v1/conversations", json={"locale": "ja"})
             created.raise_for_status()
@@ -130,12 +132,26 @@ async def run_phase(base: str, key: str, questions: list[str], concurrency: int,
                 start = time.perf_counter()
                 response = await client.post(path, json={"text": questions[i % len(questions)]})
                 latencies.append(time.perf_counter() - start)
-                errors += response.status_code != 200
+                if response.status_code != 200:
+                    what = f"{response.status_code}: {response.json().get('code', '?')}"
+                    errors[what] = errors.get(what, 0) + 1
+                for name, seconds in server_timing(response.headers.get("server-timing", "")):
+                    stages.setdefault(name, []).append(seconds)
 
         start = time.perf_counter()
         await asyncio.gather(*(customer(w) for w in range(concurrency)))
         wall = time.perf_counter() - start
-    return Phase(concurrency, latencies, wall, errors)
+    return Phase(concurrency, latencies, wall, errors, stages)
+
+
+def server_timing(header: str) -> list[tuple[str, float]]:
+    """``name;dur=ms, ...`` as (name, seconds) pairs."""
+    out = []
+    for part in filter(None, (p.strip() for p in header.split(","))):
+        name, _, params = part.partition(";")
+        if params.startswith("dur="):
+            out.append((name, float(params[4:]) / 1000))
+    return out
 
 
 def baseline(home: Path, questions: list[str], batch: int = 64) -> tuple[list[float], float]:
@@ -169,11 +185,17 @@ def ms(seconds: float) -> str:
 def report(label: str, phase: Phase, search_p50: float, batch_qps: float) -> None:
     """One line per phase: latency percentiles, ratio to bare search, throughput ratio."""
     p50, p95 = percentile(phase.latencies, 50), percentile(phase.latencies, 95)
+    errors = ", ".join(f"{n} x {what}" for what, n in phase.errors.items()) or "0"
     print(
-        f"{label} c={phase.concurrency:>2}: turns {len(phase.latencies)}, errors {phase.errors}, "
+        f"{label} c={phase.concurrency:>2}: turns {len(phase.latencies)}, errors {errors}, "
         f"p50 {ms(p50)} ({p50 / search_p50:.2f}x bare search), p95 {ms(p95)}, "
         f"throughput {phase.throughput:.1f} turns/s ({phase.throughput / batch_qps:.2f}x batch embedding)"
     )
+    if phase.stages:
+        medians = {name: percentile(values, 50) for name, values in phase.stages.items()}
+        parts = ", ".join(f"{name} {ms(v)}" for name, v in medians.items())
+        rest = p50 - sum(medians.values())
+        print(f"    server stages p50: {parts}; the rest (HTTP, framework, client) ~{ms(rest)}")
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.sse import EventSourceResponse
 from sqlalchemy.orm import Session
@@ -119,6 +119,7 @@ def post_message(
     conversation_id: uuid.UUID,
     body: MessageCreate,
     request: Request,
+    response: Response,
     key: CustomerKey,
     services: ServicesDep,
     idempotency_key: IdempotencyKey = None,
@@ -126,7 +127,8 @@ def post_message(
     """Store the customer's message, then answer it: JSON, or server-sent events when asked.
 
     Events: ``delta`` (``{"text": ...}``, the answer as it is produced), then one ``reply`` (the body
-    the JSON response would have had).
+    the JSON response would have had). A JSON reply carries a ``Server-Timing`` header: ``store``
+    (the message committed), ``answer`` (search and decision, or generation), ``reply`` (stored).
     """
     limit = services.settings.api.max_message_chars
     if len(body.text) > limit:
@@ -134,7 +136,9 @@ def post_message(
             f"the message has {len(body.text)} characters; the limit is {limit}", code="message_too_long"
         )
     wants_stream = "text/event-stream" in request.headers.get("accept", "")
+    timing = turns.ServerTiming()
     prepared = turns.receive_message(services, key, conversation_id, body.text, idempotency_key)
+    timing.mark("store")
     if isinstance(prepared, idempotency.Replay):
         if wants_stream:
             return _event_stream(turns.replay_events(prepared.body), replayed=True)
@@ -145,7 +149,9 @@ def post_message(
         )
     if wants_stream:
         return _event_stream(turns.stream_answer(services, prepared))
-    return turns.answer(services, prepared)
+    out = turns.answer(services, prepared, timing)
+    response.headers["Server-Timing"] = timing.header()
+    return out
 
 
 def _event_stream(events: Iterator[bytes], *, replayed: bool = False) -> EventSourceResponse:

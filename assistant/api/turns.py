@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -226,14 +227,41 @@ def fallback_reply(services: Services, prepared: PreparedTurn) -> Reply:
     )
 
 
-def answer(services: Services, prepared: PreparedTurn) -> TurnOut:
+class ServerTiming:
+    """Durations of a request's stages, for the ``Server-Timing`` response header (W3C Server Timing).
+
+    ``mark(name)`` closes the stage that began at the previous mark (or at creation). Operators read
+    the header in the browser's network panel; ``bench/bench_api.py`` reports its breakdown.
+    """
+
+    def __init__(self) -> None:  # noqa: D107 -- starts the first stage
+        self._last = time.perf_counter()
+        self._stages: list[tuple[str, float]] = []
+
+    def mark(self, name: str) -> None:
+        """End the current stage as ``name``."""
+        now = time.perf_counter()
+        self._stages.append((name, now - self._last))
+        self._last = now
+
+    def header(self) -> str:
+        """``name;dur=<ms>`` for each stage, in order."""
+        return ", ".join(f"{name};dur={seconds * 1000:.2f}" for name, seconds in self._stages)
+
+
+def answer(services: Services, prepared: PreparedTurn, timing: ServerTiming | None = None) -> TurnOut:
     """Answer the prepared turn and store the reply; an unexpected failure becomes a hand-off."""
     try:
         reply = services.responder.respond(prepared.turn)
     except Exception:  # the API boundary: log with traceback, hand the customer to people
         log.exception("answering message %s failed; handing off", prepared.stored.message_id)
         reply = fallback_reply(services, prepared)
-    return store_reply(services, prepared, reply)
+    if timing is not None:
+        timing.mark("answer")
+    out = store_reply(services, prepared, reply)
+    if timing is not None:
+        timing.mark("reply")
+    return out
 
 
 def sse_event(event: str, data: dict[str, Any], event_id: str | None = None) -> bytes:

@@ -80,6 +80,10 @@ def test_a_known_question_is_answered_with_its_source(api: Api) -> None:
     transcript = api.client.get(f"/v1/conversations/{cid}", headers=api.headers()).json()
     assert [(m["seq"], m["role"]) for m in transcript["messages"]] == [(1, "customer"), (2, "bot")]
     assert transcript["messages"][1]["citations"] == reply["citations"]
+    # Where the turn's time went, for operators' browsers and the API benchmark.
+    stages = [part.strip().split(";dur=") for part in response.headers["server-timing"].split(",")]
+    assert [name for name, _ in stages] == ["store", "answer", "reply"]
+    assert all(float(ms) >= 0 for _, ms in stages)
 
 
 def test_a_handed_over_conversation_waits_for_people_and_the_bot_only_answers_what_it_can(api: Api) -> None:

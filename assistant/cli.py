@@ -670,7 +670,7 @@ def voc_audit(
     stale_days: Annotated[int | None, typer.Option(min=1, help="Not updated in this many days.")] = None,
     as_json: AsJson = False,
 ) -> None:
-    """Audit the knowledge base: unseen (never retrieved), failing, stale, near-duplicate entries."""
+    """Audit the knowledge base: unseen (never retrieved), unshown, failing, stale, near-duplicates."""
     from dataclasses import asdict
     from datetime import UTC, datetime
 
@@ -686,10 +686,13 @@ def voc_audit(
         _print_json(asdict(report))
         return
     err.print(f"{report.entries} FAQ entries and {report.manuals} manuals: {len(report.unseen)} never "
-              f"retrieved nor shown in {config.unseen_days} days, "
+              f"retrieved nor shown in {config.unseen_days} days, {len(report.unshown)} retrieved "
+              f"but never shown, "
               f"{len(report.failing)} failing, {len(report.stale)} stale, "
               f"{len(report.duplicates)} near-duplicate pairs (similarity >= {report.duplicate_threshold})")
     table = Table("list", "entry", "detail")
+    for u in report.unshown:
+        table.add_row("unshown", u.faq_id, f"retrieved by {u.retrieved} replies, never cited")
     for u in report.failing:
         table.add_row("failing", u.faq_id, f"{u.failed}/{u.answered} answers failed")
     for u in report.stale:

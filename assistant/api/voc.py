@@ -148,8 +148,8 @@ def get_audit(
     unseen_days: Days | None = None,
     stale_days: Days | None = None,
 ) -> AuditOut:
-    """FAQ entries and manuals never retrieved nor shown lately, often followed by failure, or stale;
-    near-duplicated FAQ entries."""
+    """FAQ entries and manuals never retrieved nor shown lately, retrieved but never shown, often
+    followed by failure, or stale; near-duplicated FAQ entries."""
     voc = services.settings.voc
     config = AuditConfig(unseen_days=unseen_days or voc.unseen_days, stale_days=stale_days or voc.stale_days)
     with services.database.session() as session:

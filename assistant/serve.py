@@ -11,8 +11,10 @@ import os
 from pathlib import Path
 
 from assistant.api.app import build_services, create_app
+from assistant.api.deps import Services
 from assistant.db import upgrade
 from assistant.settings import Settings
+from index.batching import in_passing_thread
 from index.embed import Embedder
 
 log = logging.getLogger(__name__)
@@ -38,20 +40,22 @@ def _common_root(paths: list[Path]) -> Path | None:
     return Path(os.path.commonpath(dirs)) if dirs else None
 
 
+def _load_services(settings: Settings) -> Services:
+    from assistant.active_model import load_configured_embedder
+
+    embedder = load_configured_embedder(settings)  # the active fine-tuned model, if one was promoted
+    ensure_index(settings, embedder)
+    return build_services(settings, embedder)
+
+
 def serve(settings: Settings) -> None:
     """Migrate, index if needed, and run uvicorn on ``settings.host``:``settings.port`` until stopped."""
     import uvicorn
 
-    from assistant.active_model import load_configured_embedder
-
     upgrade(settings)
-    embedder = load_configured_embedder(settings)  # the active fine-tuned model, if one was promoted
-    ensure_index(settings, embedder)
-    if settings.api.inference_threads:  # after any index build, which uses every core
-        import torch
-
-        torch.set_num_threads(settings.api.inference_threads)
-    services = build_services(settings, embedder)
+    # Loading and any index build run torch in a thread that ends: the query batcher's worker is
+    # then the only thread with a torch thread pool (see ``index.batching``), twice as fast here.
+    services = in_passing_thread(_load_services, settings)
     app = create_app(settings, services)
     log.info("serving on http://%s:%d (widget at /, API docs at /docs)", settings.host, settings.port)
     try:

@@ -14,6 +14,14 @@ choose a lone query's torch threads and a crowd's batch's (the other turns' Pyth
 meanwhile); see ``assistant.api.app.TorchThreads``.
 ``embed_documents`` (index building) is passed straight through.
 
+The worker should be the only long-lived thread that runs torch in parallel. torch's OpenMP runtime
+(libgomp) keeps a pool of threads for every thread that has run a parallel region, and once a process
+holds more such threads than it has cores, libgomp stops spinning between regions: each of the
+model's many short regions then waits on a futex wake. Measured with the demo model on 2 cores (bf16,
+AMX): a lone query on the worker with 2 threads took 24-25 ms after the main thread had loaded the
+model, and about 10 ms after the model was loaded in a thread that had ended. So a server loads
+models and builds indexes through ``in_passing_thread``, whose pool goes away when it returns.
+
 Errors: an exception raised by the wrapped embedder is re-raised in every caller of that batch;
 ``BatchingClosedError`` after ``close()``.
 """
@@ -25,14 +33,28 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import ParamSpec, TypeVar
 
 import numpy as np
 
 from index.embed import Embedder
 
 log = logging.getLogger(__name__)
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def in_passing_thread(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+    """``fn(*args, **kwargs)`` in a new thread that has ended by the time its result (or error) is back.
+
+    For torch work outside the query batcher's worker (loading a model, building an index): the
+    OpenMP thread pool it creates ends with the thread, instead of slowing the worker's for the life of
+    the process (see the module docstring).
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="passing") as pool:
+        return pool.submit(fn, *args, **kwargs).result()
 
 
 class BatchingClosedError(RuntimeError):

@@ -36,6 +36,7 @@ from assistant.delivery import DeliveryWorker
 from assistant.keys import bootstrap_keys
 from assistant.reload import IndexReloader, LiveResponder, LoadedIndex
 from assistant.settings import Settings
+from index.batching import in_passing_thread
 from index.embed import Embedder
 
 log = logging.getLogger(__name__)
@@ -151,7 +152,14 @@ class TorchThreads:
 def build_services(settings: Settings, embedder: Embedder | None = None) -> Services:
     """Everything from settings: the embedder (unless given; ``assistant.active_model`` resolves it),
     then ``assemble_services``. Query embeddings of concurrent turns are batched (``serving_embedder``).
+
+    Runs in a passing thread (``index.batching.in_passing_thread``): whatever torch work loading
+    takes leaves no thread pool behind to slow the batcher's worker.
     """
+    return in_passing_thread(_build_services, settings, embedder)
+
+
+def _build_services(settings: Settings, embedder: Embedder | None) -> Services:
     from assistant.active_model import load_configured_embedder
 
     if embedder is None:

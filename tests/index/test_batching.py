@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from index.batching import BatchingClosedError, BatchingEmbedder
+from index.batching import BatchingClosedError, BatchingEmbedder, in_passing_thread
 from index.embed import Embedder
 
 QUERIES = [
@@ -126,3 +129,44 @@ def test_closed_batcher_refuses_politely(embedder: Embedder) -> None:
 def test_max_batch_must_be_positive(embedder: Embedder) -> None:
     with pytest.raises(ValueError, match="max_batch"):
         BatchingEmbedder(embedder, max_batch=0)
+
+
+def test_in_passing_thread_returns_the_result_or_raises_the_error() -> None:
+    caller = threading.current_thread()
+    ran_on: list[threading.Thread] = []
+
+    def work(a: int, *, b: int) -> int:
+        ran_on.append(threading.current_thread())
+        return a + b
+
+    assert in_passing_thread(work, 2, b=3) == 5
+    assert ran_on[0] is not caller and not ran_on[0].is_alive()  # its own thread, ended already
+
+    def fails() -> None:
+        raise KeyError("no such model")
+
+    with pytest.raises(KeyError, match="no such model"):
+        in_passing_thread(fails)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="lists threads through Linux's /proc")
+def test_torch_work_in_a_passing_thread_leaves_no_thread_pool_behind() -> None:
+    import torch
+
+    def tasks() -> set[str]:
+        return set(os.listdir("/proc/self/task"))
+
+    def parallel_work() -> set[str]:
+        torch.set_num_threads(2)
+        torch.ones(1 << 20).add_(1)  # big enough for torch to split it: OpenMP starts a pool
+        return tasks()
+
+    in_passing_thread(parallel_work)  # torch starts a helper thread of its own, once per process
+    before = tasks()
+    new = in_passing_thread(parallel_work) - before
+    if "OpenMP" in torch.__config__.parallel_info():
+        assert len(new) >= 2  # the passing thread and its pool's worker
+    deadline = time.monotonic() + 30
+    while new & tasks() and time.monotonic() < deadline:  # the pool's workers exit just after
+        time.sleep(0.05)
+    assert not new & tasks()

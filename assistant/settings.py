@@ -65,8 +65,8 @@ class ApiSettings(BaseModel):
     # Torch threads of a serving process (0: torch's default, one per core): ``inference_threads`` for
     # a batch of several queries (a crowd: the other turns' Python work needs a core meanwhile), and
     # ``lone_query_threads`` for a batch of one (nobody else is embedding). Whether every core cuts
-    # a lone query's latency depends on the machine, so 0 there means measured by the server on its
-    # first lone queries (``assistant.api.app.TorchThreads``); switching per batch costs nothing measurable.
+    # a lone query's latency depends on the machine, so 0 there means measured by the server as it
+    # serves (``assistant.api.app.TorchThreads``); switching per batch costs nothing measurable.
     inference_threads: int = Field(default=1, ge=0)
     lone_query_threads: int = Field(default=0, ge=0)
     # Share per-key rate limits between replicas through this Redis (e.g. redis://127.0.0.1:6379/0);

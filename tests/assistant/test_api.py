@@ -18,6 +18,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from assistant.api.schemas import TurnOut
 from assistant.models import Escalation, Message
 from assistant.settings import ApiSettings, OperatorSettings
 from tests.assistant.seams import (
@@ -84,6 +85,9 @@ def test_a_known_question_is_answered_with_its_source(api: Api) -> None:
     stages = [part.strip().split(";dur=") for part in response.headers["server-timing"].split(",")]
     assert [name for name, _ in stages] == ["store", "answer", "reply"]
     assert all(float(ms) >= 0 for _, ms in stages)
+    # Serialized by the endpoint itself: still the documented JSON of a TurnOut.
+    assert response.headers["content-type"] == "application/json"
+    assert TurnOut.model_validate(turn).model_dump(mode="json") == turn
 
 
 def test_a_handed_over_conversation_waits_for_people_and_the_bot_only_answers_what_it_can(api: Api) -> None:

@@ -34,6 +34,28 @@ def test_ensure_index_builds_once_from_the_configured_sources(tmp_path: Path, em
     assert current_generation(settings.index_dir) == first
 
 
+def test_serve_shortens_openmp_spinning_before_torch_loads_unless_the_user_chose() -> None:
+    probe = (
+        "import os, sys\n"
+        "if sys.argv[1] == 'torch-first': import torch\n"
+        "from assistant.serve import quiet_openmp_spin\n"
+        "for name, value in [(None, None), ('GOMP_SPINCOUNT', '5'), ('OMP_WAIT_POLICY', 'passive')]:\n"
+        "    os.environ.pop('GOMP_SPINCOUNT', None); os.environ.pop('OMP_WAIT_POLICY', None)\n"
+        "    if name: os.environ[name] = value\n"
+        "    print(quiet_openmp_spin(), os.environ.get('GOMP_SPINCOUNT'))\n"
+    )
+
+    def run(case: str) -> list[str]:
+        done = subprocess.run([sys.executable, "-c", probe, case], cwd=REPO, capture_output=True, text=True,
+                              timeout=120, check=True)
+        return done.stdout.strip().splitlines()
+
+    # Set when nobody chose; the user's spin count or wait policy wins.
+    assert run("fresh") == ["True 30000", "False 5", "False None"]
+    # Once torch (and libgomp) has loaded, libgomp has read its settings: too late, nothing is set.
+    assert run("torch-first") == ["False None", "False 5", "False None"]
+
+
 def test_create_app_builds_its_services_from_settings(tmp_path: Path, index_dir: Path) -> None:
     settings = Settings(home=tmp_path, index_dir=index_dir, cache_dir=model_cache_dir())
     upgrade(settings)

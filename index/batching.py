@@ -16,8 +16,9 @@ meanwhile); see ``assistant.api.app.TorchThreads``.
 
 The worker should be the only long-lived thread that runs torch in parallel. torch's OpenMP runtime
 (libgomp) keeps a pool of threads for every thread that has run a parallel region, and once a process
-holds more such threads than it has cores, libgomp stops spinning between regions: each of the
-model's many short regions then waits on a futex wake. Measured with the demo model on 2 cores (bf16,
+holds more such threads than it has cores, libgomp stops spinning between regions (100 spins instead
+of 300,000: libgomp's manual, ``GOMP_SPINCOUNT``): each of the model's many short regions then waits
+on a futex wake. Measured with the demo model on 2 cores (bf16,
 AMX): a lone query on the worker with 2 threads took 24-25 ms after the main thread had loaded the
 model, and 11-13 ms after the model was loaded in a thread that had ended. So a server loads
 models and builds indexes through ``in_passing_thread``, whose pool goes away when it returns.

@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from assistant.respond import Reply, Responder, TurnInput, TurnPlan
@@ -139,15 +140,14 @@ class IndexReloader:
         every = self.settings.api.index_reload_seconds
         while not self._stop.wait(every):
             try:
-                # A new embedder loads in a thread that ends: no torch thread pool stays behind here.
-                in_passing_thread(self.check)
+                self.check()
             except Exception:  # a thread boundary: the old index keeps serving; logged with traceback
                 log.exception("index reload failed; still serving %s", self.live.current.generation)
             self.live.close_retired()
 
     def check(self) -> bool:
         """Load and swap in the live generation if it is not the one serving; True when swapped."""
-        from index.store import IndexNotFoundError, current_generation, generation_manifest, load_generation
+        from index.store import IndexNotFoundError, current_generation
 
         directory = self.settings.index_dir
         try:
@@ -157,6 +157,12 @@ class IndexReloader:
         current = self.live.current
         if gen.name == current.generation:
             return False
+        # Loading runs torch in a thread that ends: no torch thread pool stays behind (index.batching).
+        return in_passing_thread(self._load, gen, current)
+
+    def _load(self, gen: Path, current: LoadedIndex) -> bool:
+        from index.store import generation_manifest, load_generation
+
         wanted = generation_manifest(gen)["embedder"]
         embedder, close = current.embedder, current.close
         if wanted != current.embedder.name:

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 from assistant.api.app import build_services, create_app
-from assistant.api.deps import Services
 from assistant.db import upgrade
 from assistant.settings import Settings
 from index.batching import in_passing_thread
@@ -41,12 +40,12 @@ def _common_root(paths: list[Path]) -> Path | None:
     return Path(os.path.commonpath(dirs)) if dirs else None
 
 
-def _load_services(settings: Settings) -> Services:
+def _load_indexed_embedder(settings: Settings) -> Embedder:
     from assistant.active_model import load_configured_embedder
 
     embedder = load_configured_embedder(settings)  # the active fine-tuned model, if one was promoted
     ensure_index(settings, embedder)
-    return build_services(settings, embedder)
+    return embedder
 
 
 # How long torch's OpenMP threads (libgomp) spin for more work before they sleep. libgomp's default
@@ -77,9 +76,10 @@ def serve(settings: Settings) -> None:
 
     quiet_openmp_spin()
     upgrade(settings)
-    # Loading and any index build run torch in a thread that ends: the query batcher's worker is
-    # then the only thread with a torch thread pool (see ``index.batching``), twice as fast here.
-    services = in_passing_thread(_load_services, settings)
+    # Loading and any index build run torch in a thread that ends (``build_services`` does the same):
+    # the query batcher's worker is then the only thread with a torch thread pool (see
+    # ``index.batching``), twice as fast here.
+    services = build_services(settings, in_passing_thread(_load_indexed_embedder, settings))
     app = create_app(settings, services)
     log.info("serving on http://%s:%d (widget at /, API docs at /docs)", settings.host, settings.port)
     try:

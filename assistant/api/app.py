@@ -122,8 +122,11 @@ class TorchThreads:
         self.probe_every = probe_every
         self._timings: dict[int, deque[float]] = {n: deque(maxlen=window) for n in self.candidates}
         self.lone: int | None = self.candidates[0] if len(self.candidates) == 1 else None
-        self._measuring = len(self.candidates) > 1
         self._since_probe = 0
+
+    @property
+    def _measuring(self) -> bool:
+        return len(self.candidates) > 1
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TorchThreads:

@@ -21,6 +21,7 @@ from assistant.api.app import create_app, serving_embedder
 from assistant.db import upgrade
 from assistant.serve import ensure_index
 from assistant.settings import Settings
+from index.batching import in_passing_thread
 from index.store import current_generation
 from tests.assistant.seams import free_port
 from tests.conftest import REPO, SMALL_KB, model_cache_dir
@@ -185,12 +186,6 @@ def test_a_lone_query_gets_every_core_and_a_crowd_one_thread(tmp_path: Path, emb
     assert torch.get_num_threads() == before  # only the worker thread's team changed
 
 
-def _in_a_thread(work: Any) -> Any:
-    """Run ``work()`` on a fresh thread (torch's thread count belongs to the calling thread)."""
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(work).result(60)
-
-
 def test_lone_query_threads_are_measured_and_the_faster_count_wins() -> None:
     import torch
 
@@ -210,8 +205,8 @@ def test_lone_query_threads_are_measured_and_the_faster_count_wins() -> None:
         return used, policy.lone
 
     # Both candidates alternate until each has its trials, then the faster one stays.
-    assert _in_a_thread(lambda: run(0.020, 0.030)) == ([2, 1, 2, 1, 2, 1, 1, 1], 1)
-    assert _in_a_thread(lambda: run(0.030, 0.020)) == ([2, 1, 2, 1, 2, 1, 2, 2], 2)
+    assert in_passing_thread(run, 0.020, 0.030) == ([2, 1, 2, 1, 2, 1, 1, 1], 1)
+    assert in_passing_thread(run, 0.030, 0.020) == ([2, 1, 2, 1, 2, 1, 2, 2], 2)
 
 
 def test_lone_query_threads_keep_being_probed_and_the_choice_follows_the_timings() -> None:
@@ -232,7 +227,7 @@ def test_lone_query_threads_keep_being_probed_and_the_choice_follows_the_timings
             chosen.append(policy.lone)
         return used, chosen
 
-    used, chosen = _in_a_thread(run)
+    used, chosen = in_passing_thread(run)  # torch threads belong to the calling thread
     assert used[:4] == [2, 1, 2, 1] and chosen[3] == 1  # the trials: one thread wins
     assert used[4:8] == [1, 1, 1, 2]  # every 4th lone query probes the other count
     # Now one thread is slow and the probes of two come back fast: once the recent medians say so,

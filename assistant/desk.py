@@ -26,9 +26,14 @@ def waiting_count() -> Any:
 
 def on_shift_count(now: datetime, presence: timedelta) -> Any:
     """A scalar subquery: operators on shift and seen within ``presence`` of ``now``."""
+    return on_shift_since(now - presence)
+
+
+def on_shift_since(seen_since: datetime | ColumnElement[datetime]) -> Any:
+    """A scalar subquery: operators on shift and seen since then (a time, or a bound parameter)."""
     return (
         select(func.count())
         .select_from(Operator)
-        .where(Operator.on_shift.is_(True), Operator.last_seen_at >= now - presence)
+        .where(Operator.on_shift.is_(True), Operator.last_seen_at >= seen_since)
         .scalar_subquery()
     )

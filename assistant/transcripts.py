@@ -16,14 +16,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from assistant.answer import Citation
-from assistant.desk import on_shift_count, waiting_count
+from assistant.desk import on_shift_since, waiting_count
 from assistant.keys import KeyInfo
-from assistant.models import Conversation, Customer, Escalation, Feedback, Message, Rating, utcnow
+from assistant.models import Conversation, Customer, Escalation, Feedback, Message, Operator, Rating, utcnow
 
 HANDOFF_DECISIONS = ("escalate", "take_message")
 # Queue priority of a VIP member's hand-off (others get 0): VIPs are taken first.
@@ -115,16 +115,44 @@ def find_conversation(session: Session, conversation_id: uuid.UUID, key: KeyInfo
     return conversation
 
 
+# The statements of every customer turn, built once: building a SQLAlchemy statement costs more
+# Python than running it on SQLite (its parameters are bound per call).
+_conversations = Conversation.__table__
+# One UPDATE both numbers the message and refuses a closed conversation; on PostgreSQL its row lock
+# serializes concurrent messages of one conversation until commit. A Core statement on the table:
+# the session's identity map is not synchronized (nothing in it reads ``last_seq``).
+_NEXT_SEQ = (
+    update(_conversations)
+    .where(_conversations.c.id == bindparam("conversation_id"), _conversations.c.status != "closed")
+    .values(
+        last_seq=_conversations.c.last_seq + 1,
+        updated_at=bindparam("now", type_=_conversations.c.updated_at.type),
+    )
+    .returning(_conversations.c.last_seq)
+)
+_EARLIER_MESSAGES = (
+    select(Message.role, Message.text, Message.decision, Message.citations)
+    .where(
+        Message.conversation_id == bindparam("conversation_id"),
+        Message.seq < bindparam("seq"),
+        Message.role.in_(HISTORY_ROLES),
+    )
+    .order_by(Message.seq)
+)
+_TURN_COUNTS = select(
+    # thumbs down in this conversation
+    select(func.count())
+    .select_from(Feedback)
+    .where(Feedback.conversation_id == bindparam("conversation_id"), Feedback.rating == "down")
+    .scalar_subquery(),
+    select(Customer.vip).where(Customer.id == bindparam("customer_id")).scalar_subquery(),
+    waiting_count(),
+    on_shift_since(bindparam("seen_since", type_=Operator.__table__.c.last_seen_at.type)),
+)
+
+
 def _next_seq(session: Session, conversation_id: uuid.UUID, now: datetime) -> int:
-    # One UPDATE both numbers the message and refuses a closed conversation; on PostgreSQL its row
-    # lock serializes concurrent messages of one conversation until commit.
-    seq = session.execute(
-        update(Conversation)
-        .where(Conversation.id == conversation_id, Conversation.status != "closed")
-        .values(last_seq=Conversation.last_seq + 1, updated_at=now)
-        .returning(Conversation.last_seq)
-        .execution_options(synchronize_session=False)
-    ).scalar_one_or_none()
+    seq = session.execute(_NEXT_SEQ, {"conversation_id": conversation_id, "now": now}).scalar_one_or_none()
     if seq is None:
         raise ConversationClosedError(f"conversation {conversation_id} is closed")
     return seq
@@ -242,23 +270,15 @@ def turn_context(
     from (its first citation per answer) and the decision of its latest reply.
     """
     earlier = session.execute(
-        select(Message.role, Message.text, Message.decision, Message.citations)
-        .where(
-            Message.conversation_id == conversation.id,
-            Message.seq < message.seq,
-            Message.role.in_(HISTORY_ROLES),
-        )
-        .order_by(Message.seq)
+        _EARLIER_MESSAGES, {"conversation_id": conversation.id, "seq": message.seq}
     ).all()
-    thumbs_down = (
-        select(func.count())
-        .select_from(Feedback)
-        .where(Feedback.conversation_id == conversation.id, Feedback.rating == "down")
-        .scalar_subquery()
-    )
-    vip = select(Customer.vip).where(Customer.id == conversation.customer_id).scalar_subquery()
     counts = session.execute(
-        select(thumbs_down, vip, waiting_count(), on_shift_count(now or utcnow(), presence))
+        _TURN_COUNTS,
+        {
+            "conversation_id": conversation.id,
+            "customer_id": conversation.customer_id,
+            "seen_since": (now or utcnow()) - presence,
+        },
     ).one()
     bot_replies = [row for row in earlier if row.role == "bot"]
     return TurnContext(

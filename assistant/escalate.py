@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from typing import Literal
@@ -68,6 +69,29 @@ def contains_phrase(normalized_text: str, phrase: str) -> bool:
     if phrase.isascii():
         return re.search(rf"(?<![a-z0-9]){re.escape(phrase)}(?![a-z0-9])", normalized_text) is not None
     return phrase in normalized_text
+
+
+class PhraseSet:
+    """Normalized phrases matched as ``contains_phrase`` does, all in one pass.
+
+    The Latin-script phrases become one regular expression (whole words), the Japanese ones stay
+    substrings. A policy builds its sets once: every customer message is checked against dozens of
+    phrases, which one ``re.search`` per phrase made a visible part of a turn's time.
+    """
+
+    def __init__(self, phrases: Iterable[str]) -> None:  # noqa: D107 -- phrases as contains_phrase takes them
+        kept = [p for p in dict.fromkeys(phrases) if p]
+        latin = sorted((p for p in kept if p.isascii()), key=len, reverse=True)
+        self._substrings = tuple(p for p in kept if not p.isascii())
+        self._latin = (
+            re.compile(rf"(?<![a-z0-9])(?:{'|'.join(map(re.escape, latin))})(?![a-z0-9])") if latin else None
+        )
+
+    def found_in(self, normalized_text: str) -> bool:
+        """Whether any phrase occurs in the normalized text."""
+        if any(p in normalized_text for p in self._substrings):
+            return True
+        return self._latin is not None and self._latin.search(normalized_text) is not None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -257,6 +281,9 @@ class EscalationPolicy:
 
     def __init__(self, config: EscalationConfig | None = None) -> None:
         self.config = config or EscalationConfig()
+        self._human = PhraseSet(self.config.human_request_phrases)
+        self._sensitive = {name: PhraseSet(p) for name, p in self.config.sensitive_topics.items()}
+        self._frustration = PhraseSet(self.config.frustration_keywords)
 
     def threshold(self, signals: Signals) -> float:
         """The answer threshold: from config, else from the confidence artifact via the signals."""
@@ -312,19 +339,15 @@ class EscalationPolicy:
 
     def is_human_requested(self, text: str) -> bool:
         """Whether the (normalized) message asks for a person."""
-        return any(contains_phrase(text, p) for p in self.config.human_request_phrases)
+        return self._human.found_in(text)
 
     def sensitive_topics(self, text: str) -> tuple[str, ...]:
         """Names of the configured sensitive topics the (normalized) message touches."""
-        return tuple(
-            name
-            for name, phrases in self.config.sensitive_topics.items()
-            if any(contains_phrase(text, p) for p in phrases)
-        )
+        return tuple(name for name, phrases in self._sensitive.items() if phrases.found_in(text))
 
     def is_frustrated(self, signals: Signals, text: str) -> bool:
         """Angry words, a run of exclamation marks, or the same message sent again."""
-        if any(contains_phrase(text, k) for k in self.config.frustration_keywords):
+        if self._frustration.found_in(text):
             return True
         if "!" * self.config.frustration_exclamations in text.replace(" ", ""):
             return True

@@ -7,6 +7,8 @@ from datetime import UTC, date, datetime, time
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from assistant.escalate import (
@@ -15,6 +17,7 @@ from assistant.escalate import (
     Candidate,
     EscalationConfig,
     EscalationPolicy,
+    PhraseSet,
     Signals,
     contains_phrase,
     decide_escalation,
@@ -263,3 +266,30 @@ def test_bad_values_are_rejected() -> None:
 def test_normalize_text_folds_width_and_case() -> None:
     assert normalize_text("  ＴＡＬＫ　to a PERSON ") == "talk to a person"
     assert normalize_text("ｵﾍﾟﾚｰﾀｰ") == "オペレーター"
+
+
+_CONFIG = EscalationConfig()
+_ALL_PHRASES = [
+    *_CONFIG.human_request_phrases, *_CONFIG.frustration_keywords,
+    *(p for phrases in _CONFIG.sensitive_topics.values() for p in phrases),
+]
+# Text built from pieces of the configured phrases, word characters and separators: near misses
+# ("issue" around "sue", a phrase glued to a digit) as well as hits.
+_HALVES = [p[: len(p) // 2] for p in _ALL_PHRASES]
+_PIECES = st.sampled_from([*_ALL_PHRASES, *_HALVES, "a", "1", " ", "-", "。"])
+
+
+@given(st.lists(_PIECES, max_size=8).map("".join), st.lists(st.sampled_from(_ALL_PHRASES), max_size=6))
+def test_a_phrase_set_matches_exactly_when_one_of_its_phrases_does(text: str, phrases: list[str]) -> None:
+    normalized = normalize_text(text)
+    expected = any(contains_phrase(normalized, p) for p in phrases)
+    assert PhraseSet(phrases).found_in(normalized) is expected
+
+
+def test_a_phrase_set_keeps_latin_phrases_to_whole_words() -> None:
+    legal = PhraseSet(["sue", "legal action", "訴訟"])
+    assert not legal.found_in("there is an issue with my bill")
+    assert legal.found_in("i will sue you")
+    assert legal.found_in("we are taking legal action.")
+    assert legal.found_in("訴訟を検討しています")
+    assert not PhraseSet([]).found_in("anything")

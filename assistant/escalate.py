@@ -277,7 +277,10 @@ class Decision:
 
 
 class EscalationPolicy:
-    """Decides, from the signals of one message, whether the bot answers or a person takes over."""
+    """Decides, from the signals of one message, whether the bot answers or a person takes over.
+
+    Its phrase lists are compiled when it is built: a changed ``EscalationConfig`` takes a new policy.
+    """
 
     def __init__(self, config: EscalationConfig | None = None) -> None:
         self.config = config or EscalationConfig()

@@ -274,7 +274,7 @@ _ALL_PHRASES = [
     *(p for phrases in _CONFIG.sensitive_topics.values() for p in phrases),
 ]
 # Text built from pieces of the configured phrases, word characters and separators: near misses
-# ("issue" around "sue", a phrase glued to a digit) as well as hits.
+# (a phrase glued to a letter or a digit, half a phrase) as well as hits.
 _HALVES = [p[: len(p) // 2] for p in _ALL_PHRASES]
 _PIECES = st.sampled_from([*_ALL_PHRASES, *_HALVES, "a", "1", " ", "-", "。"])
 

@@ -136,7 +136,9 @@ def post_message(
         )
     wants_stream = "text/event-stream" in request.headers.get("accept", "")
     timing = turns.ServerTiming()
-    prepared = turns.receive_message(services, key, conversation_id, body.text, idempotency_key)
+    # The query embedding runs on the batcher while the message is stored and the conversation read.
+    prefetched = services.responder.prefetch(body.text)
+    prepared = turns.receive_message(services, key, conversation_id, body.text, idempotency_key, prefetched)
     timing.mark("store")
     if isinstance(prepared, idempotency.Replay):
         if wants_stream:

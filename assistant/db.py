@@ -59,14 +59,27 @@ def _begin_immediate(connection: Any) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+# anyio's default worker-thread limit (FastAPI runs sync endpoints there), and room for the rest.
+SQLITE_POOL_SIZE = 40
+SQLITE_POOL_OVERFLOW = 20
+
+
 def make_engine(url: str | URL) -> Engine:
     """An engine for the URL; a SQLite file's folder is created if missing."""
     parsed = normalize_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
+        on_disk = bool(parsed.database) and parsed.database != ":memory:"
+        if on_disk:
             Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        # Sessions run in FastAPI's worker threads; each thread checks out its own connection.
-        engine = create_engine(parsed, connect_args={"check_same_thread": False, "timeout": 10})
+        # Sessions run in FastAPI's worker threads; each thread checks out its own connection. The
+        # pool keeps one per worker thread (anyio's default limit): with SQLAlchemy's default (5 + 10
+        # overflow) a crowd of turns waited for connections, and every overflow connection was closed
+        # on return and opened again, pragmas and all.
+        engine = create_engine(
+            parsed,
+            connect_args={"check_same_thread": False, "timeout": 10},
+            **({"pool_size": SQLITE_POOL_SIZE, "max_overflow": SQLITE_POOL_OVERFLOW} if on_disk else {}),
+        )
         event.listen(engine, "connect", _set_sqlite_pragmas)
         event.listen(engine, "begin", _begin_immediate)
         return engine

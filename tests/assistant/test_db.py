@@ -267,3 +267,40 @@ def test_sqlite_folder_is_created(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'a' / 'b' / 'm.db'}"
     upgrade(url)
     assert (tmp_path / "a" / "b" / "m.db").exists()
+
+
+def test_a_sqlite_file_keeps_a_connection_for_every_worker_thread(tmp_path: Path) -> None:
+    """As many sessions at once as FastAPI has worker threads: none waits for a connection, and the
+    connections are kept for the next crowd (SQLAlchemy's default pool, 5 + 10 overflow, made the
+    rest wait and closed every overflow connection on return)."""
+    from sqlalchemy import event
+
+    from assistant.db import SQLITE_POOL_SIZE
+
+    database = Database.connect(f"sqlite:///{tmp_path / 'crowd.db'}")
+    opened: list[int] = []
+    event.listen(database.engine, "connect", lambda *_: opened.append(1))
+    crowd = SQLITE_POOL_SIZE
+    all_in = threading.Barrier(crowd, timeout=20)
+    failures: list[BaseException] = []
+
+    def hold_a_session() -> None:
+        try:
+            # A checked-out connection, no transaction (every transaction here takes the write lock).
+            with database.engine.connect():
+                all_in.wait()  # broken (and raises) unless every thread got its connection
+        except BaseException as exc:  # noqa: BLE001 -- reported below
+            failures.append(exc)
+
+    try:
+        for _ in range(2):
+            threads = [threading.Thread(target=hold_a_session) for _ in range(crowd)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            all_in.reset()
+        assert not failures, failures[:3]
+        assert len(opened) == crowd  # the second crowd reused the first crowd's connections
+    finally:
+        database.dispose()

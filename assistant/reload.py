@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from assistant.respond import PrefetchedQuery, Reply, Responder, TurnInput, TurnPlan
+from assistant.respond import Reply, Responder, TurnInput, TurnPlan
 from assistant.settings import Settings
 from index.batching import in_passing_thread
 from index.embed import Embedder
@@ -85,10 +85,6 @@ class LiveResponder(Responder):
         self.close_retired(older_than=0.0)
         if self._loaded.close is not None:
             self._loaded.close()
-
-    def prefetch(self, message: str) -> PrefetchedQuery | None:
-        """The current responder's prefetch (its ``plan`` uses it only on the same embedder)."""
-        return self._loaded.responder.prefetch(message)
 
     def respond(self, turn: TurnInput) -> Reply:
         """The reply of the current responder."""

@@ -11,12 +11,9 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING
-
-import numpy as np
 
 from assistant.answer import (
     Answer,
@@ -27,7 +24,7 @@ from assistant.answer import (
     handoff_message,
 )
 from assistant.confidence import ConfidenceModel, EntryVectors
-from assistant.conversation import build_search_query, is_follow_up
+from assistant.conversation import build_search_query
 from assistant.escalate import (
     LLM_UNAVAILABLE,
     Availability,
@@ -39,7 +36,6 @@ from assistant.escalate import (
 )
 from assistant.llm import ChatMessage, ChatModel, ChatModelError, LiteLLMChat
 from index.documents import SearchHit, distinct_sources
-from index.embed import Embedder
 from index.search import KnowledgeIndex
 from index.textja import Language, detect_language
 from prompts import PromptPair
@@ -66,21 +62,6 @@ class TurnInput:
     # Entries the bot answered from earlier in the conversation, the most recent last.
     answered_sources: tuple[str, ...] = ()
     last_decision: str | None = None  # the decision of the bot's previous reply, if any
-    # The message's query embedding, started before the turn was read (``Responder.prefetch``).
-    prefetched: PrefetchedQuery | None = field(default=None, compare=False, repr=False)
-
-
-@dataclass(frozen=True)
-class PrefetchedQuery:
-    """A query embedding already on its way: the model works while the caller does something else.
-
-    ``Responder.plan`` uses it when the search query turns out to be ``text`` and the embedder it was
-    asked of is still the index's (a reload may have swapped in another model meanwhile).
-    """
-
-    text: str
-    embedder: Embedder
-    vector: Future[np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -154,26 +135,6 @@ class Responder:
         model = ConfidenceModel.load(path) if path is not None else ConfidenceModel.load()
         return cls(index, model, EscalationPolicy(settings.escalation), chat)
 
-    def prefetch(self, message: str) -> PrefetchedQuery | None:
-        """Start embedding ``message``'s search query now, when it is known without the conversation.
-
-        A message that is not a follow-up is searched as it is (``build_search_query``), so its query
-        embedding can run on the query batcher while the API stores the message and reads the
-        conversation; ``plan`` then waits for it instead of starting it. None for a follow-up, for an
-        embedder that cannot embed in the background, or when it refuses (closed by a reload): the
-        turn then embeds as usual. The embedding of a turn nobody answers (an operator owns the
-        conversation, it is closed) is simply dropped.
-        """
-        submit = getattr(self.index.embedder, "submit", None)
-        text = message.strip()
-        if submit is None or not text or is_follow_up(text):
-            return None
-        try:
-            return PrefetchedQuery(text, self.index.embedder, submit([text]))
-        except Exception as exc:  # noqa: BLE001 -- the turn embeds again in plan(), and says why there
-            log.info("could not prefetch a query embedding: %s", exc)
-            return None
-
     def respond(self, turn: TurnInput) -> Reply:
         """The reply to one customer message."""
         plan = self.plan(turn)
@@ -210,7 +171,7 @@ class Responder:
         default: Language = "ja" if turn.locale.lower().startswith("ja") else "en"
         language = detect_language(turn.message, default=default)
         query = build_search_query(turn.history, turn.message)
-        vector = self._query_vector(query.text, turn.prefetched)  # once, for the search and the features
+        vector = self.index.embedder.embed_queries([query.text])  # once, for the search and the features
         raw_hits = self.index.search(query.text, self.search_k, query_vector=vector)
         (assessment,) = self.entries.assess([query.text], [raw_hits], vector)
         confidence = self.confidence_model.probability(assessment.features) if assessment.features else 0.0
@@ -230,12 +191,6 @@ class Responder:
         )
         decision = self.policy.decide(signals)
         return TurnPlan(decision, assessment.hits, language, query.text)
-
-    def _query_vector(self, text: str, prefetched: PrefetchedQuery | None) -> np.ndarray:
-        embedder = self.index.embedder
-        if prefetched is not None and prefetched.text == text and prefetched.embedder is embedder:
-            return prefetched.vector.result()
-        return embedder.embed_queries([text])
 
     def _reply_without_llm(self, plan: TurnPlan, extra_reasons: tuple[str, ...] = ()) -> Reply:
         kind = plan.decision.decision

@@ -109,23 +109,14 @@ class BatchingEmbedder:
 
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
         """Embed ``texts`` as queries, batched with whatever other threads are asking right now."""
-        return self.submit(texts).result()
-
-    def submit(self, texts: Sequence[str]) -> Future[np.ndarray]:
-        """Queue ``texts`` and return at once: the future gets their query vectors, or the error.
-
-        For a caller with other work to do meanwhile (the API stores the message while its query
-        embeds). Raises ``BatchingClosedError`` after ``close()``.
-        """
-        request = _Request(tuple(texts))
         if not texts:
-            request.future.set_result(np.zeros((0, self.dim), dtype=np.float32))
-            return request.future
+            return np.zeros((0, self.dim), dtype=np.float32)
+        request = _Request(tuple(texts))
         with self._lock:
             if self._closed:
                 raise BatchingClosedError("the batching embedder is closed")
             self._queue.put(request)
-        return request.future
+        return request.future.result()
 
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
         """Documents are embedded in bulk already: passed straight to the wrapped embedder."""

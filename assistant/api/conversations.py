@@ -136,9 +136,7 @@ def post_message(
         )
     wants_stream = "text/event-stream" in request.headers.get("accept", "")
     timing = turns.ServerTiming()
-    # The query embedding runs on the batcher while the message is stored and the conversation read.
-    prefetched = services.responder.prefetch(body.text)
-    prepared = turns.receive_message(services, key, conversation_id, body.text, idempotency_key, prefetched)
+    prepared = turns.receive_message(services, key, conversation_id, body.text, idempotency_key)
     timing.mark("store")
     if isinstance(prepared, idempotency.Replay):
         if wants_stream:

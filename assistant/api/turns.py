@@ -35,7 +35,7 @@ from assistant.api.schemas import MessageOut, TurnOut
 from assistant.escalate import Availability
 from assistant.keys import KeyInfo
 from assistant.models import Conversation, Message
-from assistant.respond import PrefetchedQuery, Reply, TurnInput
+from assistant.respond import Reply, TurnInput
 from assistant.transcripts import (
     HANDOFF_DECISIONS,
     BotReply,
@@ -81,19 +81,13 @@ class PreparedTurn:
 
 
 def receive_message(
-    services: Services,
-    key: KeyInfo,
-    conversation_id: uuid.UUID,
-    text: str,
-    idempotency_key: str | None,
-    prefetched: PrefetchedQuery | None = None,
+    services: Services, key: KeyInfo, conversation_id: uuid.UUID, text: str, idempotency_key: str | None
 ) -> idempotency.Replay | PreparedTurn | TurnOut:
     """Store the customer message and read what answering it needs, in one transaction.
 
     The common path of a turn: one commit before answering instead of two. Returns the earlier
     outcome (``Replay``), the finished turn (a take-over that finds the reply stored, or a person owns
-    the conversation), or the ``PreparedTurn`` to answer. ``prefetched`` (the message's query
-    embedding, already started) travels in the turn to the responder.
+    the conversation), or the ``PreparedTurn`` to answer.
     """
     now = services.clock()
     lease = timedelta(seconds=services.settings.api.idempotency_lease_seconds)
@@ -123,8 +117,7 @@ def receive_message(
         stored = StoredMessage(conversation.id, message.id, record_id)
         # Only a take-over can find its message answered already: a new message has no reply yet.
         fresh = resumed is None
-        return _prepare_in(session, services, stored, conversation, message, check_answered=not fresh,
-                           prefetched=prefetched)
+        return _prepare_in(session, services, stored, conversation, message, check_answered=not fresh)
 
 
 def _prepare_in(
@@ -135,7 +128,6 @@ def _prepare_in(
     message: Message,
     *,
     check_answered: bool,
-    prefetched: PrefetchedQuery | None = None,
 ) -> PreparedTurn | TurnOut:
     settings = services.settings
     answered = _stored_reply(session, message) if check_answered else None
@@ -161,7 +153,6 @@ def _prepare_in(
         thumbs_down=context.thumbs_down,
         answered_sources=context.answered_sources,
         last_decision=context.last_decision,
-        prefetched=prefetched,
     )
     return PreparedTurn(stored, turn, queued=conversation.status == "escalated", message=message)
 

@@ -58,9 +58,6 @@ class ExplodingResponder:
     def __init__(self, deltas: tuple[str, ...] = ()) -> None:
         self.deltas = deltas
 
-    def prefetch(self, message: str) -> None:
-        return None
-
     def respond(self, turn: Any) -> Any:
         raise RuntimeError("the responder exploded")
 
@@ -108,7 +105,6 @@ class WitnessResponder:
         self.inner = inner
         self.database = Database.connect(database_url)
         self.seen_committed: list[bool] = []
-        self.prefetched: list[bool] = []  # per turn: did it arrive with its query embedding started?
 
     def _witness(self, text: str) -> None:
         from sqlalchemy import select
@@ -119,17 +115,12 @@ class WitnessResponder:
             found = session.scalar(select(Message.id).where(Message.text == text, Message.role == "customer"))
         self.seen_committed.append(found is not None)
 
-    def prefetch(self, message: str) -> Any:
-        return self.inner.prefetch(message)
-
     def respond(self, turn: Any) -> Any:
         self._witness(turn.message)
-        self.prefetched.append(turn.prefetched is not None)
         return self.inner.respond(turn)
 
     def stream(self, turn: Any) -> Iterator[Any]:
         self._witness(turn.message)
-        self.prefetched.append(turn.prefetched is not None)
         yield from self.inner.stream(turn)
 
 

@@ -349,55 +349,6 @@ def test_the_message_is_committed_before_it_is_answered(
         witness.database.dispose()
 
 
-class _CountingEmbedder:
-    """The real embedder, noting every query text it embeds."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner, self.name, self.dim = inner, inner.name, inner.dim
-        self.queries: list[str] = []
-
-    def embed_queries(self, texts: Any) -> Any:
-        self.queries.extend(texts)
-        return self.inner.embed_queries(texts)
-
-    def embed_documents(self, texts: Any) -> Any:
-        return self.inner.embed_documents(texts)
-
-
-def test_a_turn_embeds_its_query_once_started_while_the_message_is_stored(
-    database_url: str, tmp_path: Path, index_dir: Path, embedder: Any
-) -> None:
-    from assistant.respond import Responder
-    from assistant.settings import Settings
-    from index.batching import BatchingEmbedder
-    from index.store import load_index
-
-    counting = _CountingEmbedder(embedder)
-    batching = BatchingEmbedder(counting)  # as ``madoguchi serve`` wraps its embedder
-    responder = Responder.from_settings(Settings(home=tmp_path / "home"), load_index(index_dir, batching))
-    witness = WitnessResponder(responder, database_url)
-    try:
-        with start_api(database_url, tmp_path, witness) as api:
-            cid = api.open()
-            first = api.say(cid, "開通のやり方を教えて")
-            follow_up = api.say(cid, "それはいくらですか")  # its query needs the conversation: not prefetched
-            streamed = api.say(cid, "AndroidのAPN設定方法を教えてください", Accept="text/event-stream")
-    finally:
-        batching.close()
-        witness.database.dispose()
-    assert first.status_code == follow_up.status_code == streamed.status_code == 200
-    reply = first.json()["reply"]
-    assert reply["decision"] == "answer" and reply["citations"][0]["source_id"] == "sim-activation"
-    assert parse_events(streamed.text)[-1][0] == "reply"
-    # One embedding per turn: the prefetched one was used, never computed again.
-    first_query, follow_up_query = counting.queries[:2]
-    assert first_query == "開通のやり方を教えて"
-    assert follow_up_query.startswith(first_query) and follow_up_query.endswith("それはいくらですか")
-    assert counting.queries[2:] == ["AndroidのAPN設定方法を教えてください"]
-    assert witness.prefetched == [True, False, True]
-    assert witness.seen_committed == [True, True, True]  # still answered only once stored
-
-
 def test_concurrent_customers_all_get_answers(api: Api) -> None:
     cids = [api.open() for _ in range(6)]
     codes: list[int] = []

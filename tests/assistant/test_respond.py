@@ -14,9 +14,8 @@ import pytest
 from assistant.confidence import ConfidenceModel
 from assistant.escalate import Availability, EscalationConfig, EscalationPolicy
 from assistant.llm import LiteLLMChat
-from assistant.respond import PrefetchedQuery, Reply, Responder, TurnInput
+from assistant.respond import Reply, Responder, TurnInput
 from assistant.settings import LLMSettings, Settings
-from index.batching import BatchingEmbedder
 from index.chunk import chunk_documents
 from index.ingest import load_sources
 from index.search import KnowledgeIndex
@@ -101,55 +100,6 @@ def test_a_follow_up_the_last_answer_did_not_cover_is_handed_over(index: Knowled
     # Not the same answer again at the first question's confidence: a person takes it.
     assert (follow.decision, follow.reasons) == ("escalate", ("unanswered_follow_up",))
     assert follow.citations == ()
-
-
-class _CountingEmbedder:
-    """The real embedder, noting every query text it embeds."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner, self.name, self.dim = inner, inner.name, inner.dim
-        self.queries: list[str] = []
-
-    def embed_queries(self, texts: Any) -> Any:
-        self.queries.extend(texts)
-        return self.inner.embed_queries(texts)
-
-    def embed_documents(self, texts: Any) -> Any:
-        return self.inner.embed_documents(texts)
-
-
-def test_a_prefetched_query_embedding_is_used_and_never_computed_twice(
-    index: KnowledgeIndex, embedder: Any
-) -> None:
-    counting = _CountingEmbedder(embedder)
-    batching = BatchingEmbedder(counting)
-    batched = responder(KnowledgeIndex.from_chunks(list(index.chunks), batching))
-    question = "SIMが届いたけど使えない"
-    counting.queries.clear()  # building the index embedded the entries' question variations
-    try:
-        prefetched = batched.prefetch(f"  {question}\n")
-        assert prefetched is not None and prefetched.text == question
-        reply = batched.respond(turn(question, prefetched=prefetched))
-        assert counting.queries == [question]  # the turn waited for the prefetched vector
-        plain = responder(index).respond(turn(question))  # the same reply as without it
-        assert (reply.decision, reply.citations, reply.text) == (plain.decision, plain.citations, plain.text)
-        assert reply.confidence == pytest.approx(plain.confidence, abs=1e-4)
-
-        # A follow-up's query needs the conversation: nothing is started for it.
-        assert batched.prefetch("それはいくらですか") is None
-        # A vector for another text, or from another embedder (a reload swapped models), is not used.
-        other = batched.prefetch("海外で使えますか")
-        foreign = PrefetchedQuery(question, embedder, batching.submit([question]))
-        assert other is not None
-        other.vector.result(30), foreign.vector.result(30)
-        counting.queries.clear()
-        for stale in (other, foreign):
-            assert batched.respond(turn(question, prefetched=stale)).decision == "answer"
-        assert counting.queries == [question, question]
-    finally:
-        batching.close()
-    assert batched.prefetch("海外で使えますか") is None  # closed: the turn would embed as usual
-    assert responder(index).prefetch("海外で使えますか") is None  # no background embedding to ask
 
 
 def test_an_off_topic_question_is_handed_over_never_answered(index: KnowledgeIndex) -> None:

@@ -108,25 +108,6 @@ def test_multi_text_calls_and_empty_calls(embedder: Embedder) -> None:
         batching.close()
 
 
-def test_submit_returns_at_once_and_the_future_gets_the_vectors(embedder: Embedder) -> None:
-    gated = _GatedEmbedder(embedder)
-    batching = BatchingEmbedder(gated)
-    try:
-        future = batching.submit(QUERIES[:2])
-        assert gated.entered.wait(30)
-        assert not future.done()  # the model is still at it; the caller went on
-        gated.release.set()
-        vectors = future.result(30)
-        assert vectors.shape == (2, 384)
-        assert np.sum(vectors * embedder.embed_queries(QUERIES[:2]), axis=1).min() > 0.9999
-        empty = batching.submit([])
-        assert empty.done() and empty.result().shape == (0, 384)
-    finally:
-        batching.close()
-    with pytest.raises(BatchingClosedError):
-        batching.submit(["late"])
-
-
 def test_a_failing_model_fails_its_callers_and_the_worker_survives() -> None:
     batching = BatchingEmbedder(_BrokenEmbedder())
     try:

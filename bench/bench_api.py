@@ -11,9 +11,13 @@ What it measures, on the demo knowledge base (extractive answers, SQLite, one uv
   (``api.query_batch_size``, default 64) and, for comparison, without it (0).
 
     .venv/bin/python -m bench.bench_api [--turns 200] [--concurrency 1,16,64] [--rounds 5] [--no-unbatched]
+        [--client lean|httpx]
 
 The two cores are shared by the server and this client, and the machine's speed drifts by tens of
-percent within minutes; hence the ratios, each against a baseline measured in the same minutes.
+percent within minutes; hence the ratios, each against a baseline measured in the same minutes. For
+the same reason the customers speak through a lean HTTP/1.1 client (``bench.lean_http``) by default:
+httpx's own parsing and bookkeeping added ~3.5 ms to each turn at one customer, and under load it
+takes CPU from the server. ``--client httpx`` measures with httpx instead.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from pathlib import Path
 import httpx
 
 from bench.corpus import REPO, percentile
+from bench.lean_http import LeanConnection
 from bench.serve import free_port, issue_key, serve_process
 
 ADMIN_KEY = "bench-admin-key-0123456789abcdef"
@@ -113,26 +118,52 @@ def server(home: Path, batch: int) -> Iterator[str]:
         yield base
 
 
-async def run_phase(base: str, key: str, questions: list[str], concurrency: int, turns: int) -> Phase:
-    """``turns`` customer messages from ``concurrency`` customers at once, each in its own chat."""
+CLIENTS = ("lean", "httpx")
+
+
+class _HttpxConnection:
+    """httpx behind the lean client's interface: ``post(path, json_body)`` on one connection."""
+
+    def __init__(self, base: str, headers: dict[str, str]) -> None:
+        self._client = httpx.AsyncClient(base_url=base, headers=headers, timeout=120)
+
+    async def __aenter__(self) -> _HttpxConnection:
+        await self._client.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._client.__aexit__(*exc)
+
+    async def post(self, path: str, json_body: object) -> httpx.Response:
+        return await self._client.post(path, json=json_body)
+
+
+async def run_phase(
+    base: str, key: str, questions: list[str], concurrency: int, turns: int, client: str = "lean"
+) -> Phase:
+    """``turns`` customer messages from ``concurrency`` customers at once, each in its own chat.
+
+    Each customer has its own keep-alive connection: the lean client's (``bench.lean_http``) by
+    default, or httpx's.
+    """
     headers = {"Authorization": f"Bearer {key}"}
     latencies: list[float] = []
     errors: dict[str, int] = {}
     stages: dict[str, list[float]] = {}
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits, timeout=120) as client:
+    connection = {"lean": LeanConnection, "httpx": _HttpxConnection}[client]
 
-        async def customer(worker: int) -> None:
-            mine = range(worker, turns, concurrency)
-            created = await client.post("/v1/conversations", json={"locale": "ja"})
-            created.raise_for_status()
-            path = f"/v1/conversations/{created.json()['id']}/messages"
+    async def customer(worker: int) -> None:
+        mine = range(worker, turns, concurrency)
+        async with connection(base, headers) as http:
+            path = ""
             for n, i in enumerate(mine):
-                if n and n % 4 == 0:  # a new conversation every few turns, as real customers do
-                    created = await client.post("/v1/conversations", json={"locale": "ja"})
+                if n % 4 == 0:  # a new conversation every few turns, as real customers do
+                    created = await http.post("/v1/conversations", {"locale": "ja"})
+                    if created.status_code != 201:
+                        sys.exit(f"opening a conversation failed: {created.status_code} {created.content!r}")
                     path = f"/v1/conversations/{created.json()['id']}/messages"
                 start = time.perf_counter()
-                response = await client.post(path, json={"text": questions[i % len(questions)]})
+                response = await http.post(path, {"text": questions[i % len(questions)]})
                 latencies.append(time.perf_counter() - start)
                 if response.status_code != 200:
                     what = f"{response.status_code}: {response.json().get('code', '?')}"
@@ -140,9 +171,9 @@ async def run_phase(base: str, key: str, questions: list[str], concurrency: int,
                 for name, seconds in server_timing(response.headers.get("server-timing", "")):
                     stages.setdefault(name, []).append(seconds)
 
-        start = time.perf_counter()
-        await asyncio.gather(*(customer(w) for w in range(concurrency)))
-        wall = time.perf_counter() - start
+    start = time.perf_counter()
+    await asyncio.gather(*(customer(w) for w in range(concurrency)))
+    wall = time.perf_counter() - start
     return Phase(concurrency, latencies, wall, errors, stages)
 
 
@@ -190,7 +221,7 @@ class Baseline:
 
 
 def interleaved(
-    base: str, key: str, baseline: Baseline, turns: int, rounds: int
+    base: str, key: str, baseline: Baseline, turns: int, rounds: int, client: str = "lean"
 ) -> tuple[Phase, list[float]]:
     """One customer's turns and bare searches in alternating blocks, so both see the same machine.
 
@@ -209,7 +240,7 @@ def interleaved(
         done = len(latencies)
         mine = [questions[(done + i) % len(questions)] for i in range(block)]
         searches += baseline.search(mine)
-        phase = asyncio.run(run_phase(base, key, mine, 1, block))
+        phase = asyncio.run(run_phase(base, key, mine, 1, block, client))
         latencies += phase.latencies
         wall += phase.wall
         for what, n in phase.errors.items():
@@ -249,6 +280,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5,
                         help="at concurrency 1: alternating blocks of API turns and bare searches")
     parser.add_argument("--no-unbatched", action="store_true", help="skip the server without batching")
+    parser.add_argument("--client", choices=CLIENTS, default="lean",
+                        help="the customers' HTTP client: bench.lean_http (default) or httpx")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     if args.turns < 1 or args.rounds < 1 or any(c < 1 for c in levels):
@@ -263,22 +296,25 @@ def main() -> None:
         print(
             f"baseline: bare hybrid search p50 {ms(percentile(search, 50))}, "
             f"p95 {ms(percentile(search, 95))} "
-            f"({len(search)} questions); embedder batch-64 throughput {bare.batch_throughput():.1f} queries/s"
+            f"({len(search)} questions); embedder batch-64 throughput "
+            f"{bare.batch_throughput():.1f} queries/s; client {args.client}"
         )
         runs = [("batched", 64)] + ([] if args.no_unbatched else [("unbatched", 0)])
         for label, batch in runs:
             with server(home, batch) as base:
                 key = issue_key(base, ADMIN_KEY, "customer", "bench")
-                asyncio.run(run_phase(base, key, questions, 4, 16))  # warm up
+                asyncio.run(run_phase(base, key, questions, 4, 16, args.client))  # warm up
                 for level in levels if label == "batched" else levels[-1:]:
                     if level == 1:  # the overhead ratio: bare searches in the same minutes
-                        phase, search = interleaved(base, key, bare, max(args.turns, 2), args.rounds)
+                        phase, search = interleaved(
+                            base, key, bare, max(args.turns, 2), args.rounds, args.client
+                        )
                         qps = bare.batch_throughput()
                     else:  # bare search and batch embedding measured just before and after the load
                         sample = questions[: len(questions) // 4]
                         search, before = bare.search(sample), bare.batch_throughput()
                         turns = max(args.turns, 2 * level)
-                        phase = asyncio.run(run_phase(base, key, questions, level, turns))
+                        phase = asyncio.run(run_phase(base, key, questions, level, turns, args.client))
                         search += bare.search(sample)
                         qps = (before + bare.batch_throughput()) / 2
                     report(label, phase, percentile(search, 50), qps)

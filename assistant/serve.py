@@ -6,6 +6,7 @@ by default), so one command takes a checkout to a working assistant.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -70,6 +71,22 @@ def quiet_openmp_spin() -> bool:
     return True
 
 
+def freeze_startup_heap() -> int:
+    """Collect once, then leave everything alive now out of every later garbage collection.
+
+    A serving process holds millions of long-lived objects (the libraries, the index, the model it
+    loaded to check the index). Python's full collection walks them all with the GIL held: at 64
+    customers one such pass stopped every request for 0.88 s; with the startup heap frozen the
+    longest was 0.07 s (``gc.freeze``). Servers taking turns (2 cores, bf16): 64 customers 119.2 vs
+    112.0 turns/s, p95 612 vs 755 ms; one customer p50 19.8 vs 21.2 ms. Frozen objects are still
+    freed when nothing refers to them; only a reference cycle among them is kept (an index generation
+    swapped out later is freed by reference counting). Returns how many objects were frozen.
+    """
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
+
+
 def serve(settings: Settings) -> None:
     """Migrate, index if needed, and run uvicorn on ``settings.host``:``settings.port`` until stopped."""
     import uvicorn
@@ -82,6 +99,7 @@ def serve(settings: Settings) -> None:
     services = build_services(settings, in_passing_thread(_load_indexed_embedder, settings))
     app = create_app(settings, services)
     log.info("serving on http://%s:%d (widget at /, API docs at /docs)", settings.host, settings.port)
+    log.debug("%d startup objects left out of garbage collection", freeze_startup_heap())
     try:
         uvicorn.run(
             app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False

@@ -9,9 +9,13 @@ every 0.5 ms (its CPU time over wall time 1.00 -> 0.65); in the API at 64 custom
 worker was embedding all the time yet on a core only 60% of it. In its own process the model has its
 own GIL.
 
-``ProcessEmbedder(factory, *args, **kwargs)`` starts a child process (``spawn``: never a fork of a
-process that holds torch's thread pools and our locks) that builds the embedder with
-``factory(*args, **kwargs)``, then answers requests over a pipe: texts in, an fp32 array out.
+``ProcessEmbedder(factory, *args, **kwargs)`` starts a child process that builds the embedder with
+``factory(*args, **kwargs)`` (picklable: a class or module-level function and plain arguments), then
+answers requests over a socket pair: texts in, an fp32 array out. The child is a fresh interpreter
+(``python -m index.procembed``), never a fork of a process that holds torch's thread pools and our
+locks, and unlike multiprocessing's ``spawn`` it does not import the caller's ``__main__`` again (a
+script without a ``__name__`` guard would start a second server); it gets the parent's ``sys.path``
+and environment. POSIX only (it inherits a file descriptor).
 ``set_threads(n)`` sets the child's torch threads for the next request (``assistant.api.app
 .TorchThreads`` chooses them). Calls from several threads take turns: the query batcher's worker is
 the one caller that matters.
@@ -26,8 +30,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import multiprocessing
 import signal
+import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
@@ -93,7 +99,7 @@ class ProcessEmbedder:
         self._start_timeout = start_timeout
         self._lock = threading.Lock()
         self._threads: int | None = None
-        self._process: Any = None
+        self._process: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
         self._closed = False
         self.name, self.dim = self._start()
@@ -154,16 +160,18 @@ class ProcessEmbedder:
         return payload  # type: ignore[no-any-return]
 
     def _start(self) -> tuple[str, int]:
-        context = multiprocessing.get_context("spawn")
-        parent, child = context.Pipe()
-        factory, args, kwargs = self._target
-        process = context.Process(
-            target=_serve, args=(child, factory, args, kwargs), name="madoguchi-embedder", daemon=True
+        ours, theirs = socket.socketpair()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "index.procembed", str(theirs.fileno())],
+            pass_fds=(theirs.fileno(),),
+            stdin=subprocess.DEVNULL,
         )
-        process.start()
-        child.close()  # only the child holds its end: its death shows here as end of file
+        theirs.close()  # only the child holds its end: its death shows here as end of file
+        parent = Connection(ours.detach())
         self._process, self._conn = process, parent
         try:
+            parent.send(list(sys.path))  # first, so that the factory's module imports in the child
+            parent.send(self._target)
             if not parent.poll(self._start_timeout):
                 raise EmbedderProcessError(
                     f"the embedding process did not start in {self._start_timeout:g} s"
@@ -191,14 +199,34 @@ class ProcessEmbedder:
             self._conn = None
         if process is None:
             return None
-        process.join(5)
-        if process.is_alive():
+        try:
+            return process.wait(5)
+        except subprocess.TimeoutExpired:
             process.kill()
-            process.join(5)
-        return process.exitcode  # type: ignore[no-any-return]
+            return process.wait(5)
 
     def _stop(self) -> None:
         if self._conn is not None:
             with contextlib.suppress(BrokenPipeError, OSError):
                 self._conn.send(None)
         self._reap()
+
+
+def _main(argv: list[str]) -> None:
+    """``python -m index.procembed FD``: serve on the inherited socket ``FD`` (``ProcessEmbedder``)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # see _serve
+    conn = Connection(int(argv[1]))
+    try:
+        sys.path[:] = conn.recv()
+        factory, args, kwargs = conn.recv()
+    except (EOFError, OSError):
+        return
+    except Exception as exc:  # noqa: BLE001 -- e.g. the factory's module does not import here
+        with contextlib.suppress(OSError):
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        return
+    _serve(conn, factory, args, kwargs)
+
+
+if __name__ == "__main__":
+    _main(sys.argv)

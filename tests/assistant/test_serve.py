@@ -303,3 +303,18 @@ def test_the_model_process_can_be_turned_off(tmp_path: Path, embedder: Any) -> N
         assert served.inner is embedder  # type: ignore[attr-defined]
     finally:
         close()
+
+
+def test_the_startup_heap_is_frozen_out_of_later_garbage_collections() -> None:
+    probe = (
+        "import gc\n"
+        "from assistant.serve import freeze_startup_heap\n"
+        "before = gc.get_freeze_count()\n"
+        "frozen = freeze_startup_heap()\n"
+        "young = [[i] for i in range(1000)]\n"  # made later: collected as usual
+        "print(before, frozen > 10_000, frozen == gc.get_freeze_count(), len(gc.get_objects(0)) > 0)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120, check=True
+    )
+    assert done.stdout.split() == ["0", "True", "True", "True"]

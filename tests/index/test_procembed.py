@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ import pytest
 
 from index.embed import SentenceTransformerEmbedder
 from index.procembed import EmbedderProcessError, ProcessEmbedder
+from tests.conftest import REPO
 
 QUESTIONS = ["料金プランを変更したい", "How do I reset my password?", "SIMが届かない"]
 
@@ -97,3 +100,21 @@ def test_a_model_that_cannot_load_is_reported_with_the_child_s_error(tmp_path: P
     unloadable = r"could not load the model: FileNotFoundError: no model at"
     with pytest.raises(EmbedderProcessError, match=unloadable):
         ProcessEmbedder(_refuse_to_load, str(tmp_path / "missing"))
+
+
+def test_a_script_without_a_main_guard_is_not_run_again_in_the_child(tmp_path: Path) -> None:
+    script = tmp_path / "embed_once.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(REPO)!r})\n"
+        "from index.procembed import ProcessEmbedder\n"
+        "from tests.index.test_procembed import _Picky\n"
+        "print('started', flush=True)\n"  # twice if the child ran this file again
+        "embedder = ProcessEmbedder(_Picky, 3)\n"
+        "print(embedder.embed_queries(['a']).shape, flush=True)\n"
+        "embedder.close()\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["started", "(1, 3)"]

@@ -74,23 +74,30 @@ def assemble_services(
 def serving_embedder(settings: Settings, embedder: Embedder) -> tuple[Embedder, Callable[[], None] | None]:
     """``embedder`` as a server uses it: behind a query batcher unless ``api.query_batch_size`` is 0.
 
-    Returns it and what stops the batcher's worker thread (None without one).
+    A torch model runs in a process of its own behind the batcher (``api.model_process``, POSIX;
+    ``index.procembed``); if that process cannot start, the model runs here, with a warning.
+    Returns it and what stops the batcher's worker thread and the model's process (None without).
     """
     from index.batching import BatchingEmbedder
     from index.embed import SentenceTransformerEmbedder
-    from index.procembed import ProcessEmbedder
+    from index.procembed import EmbedderProcessError, ProcessEmbedder
 
     if settings.api.query_batch_size == 0:
         return embedder, None
     inner: Embedder = embedder
     apply: Callable[[int], None] | None = None
-    if settings.api.model_process and isinstance(embedder, SentenceTransformerEmbedder):
+    own_process = settings.api.model_process and os.name == "posix"
+    if own_process and isinstance(embedder, SentenceTransformerEmbedder):
         args, kwargs = embedder.init_args
-        inner = ProcessEmbedder(SentenceTransformerEmbedder, *args, **kwargs)
-        if inner.name != embedder.name:
-            inner.close()
-            raise RuntimeError(f"the embedding process loaded {inner.name}, not {embedder.name}")
-        apply = inner.set_threads
+        try:
+            process = ProcessEmbedder(SentenceTransformerEmbedder, *args, **kwargs)
+            if process.name != embedder.name:
+                process.close()
+                raise EmbedderProcessError(f"it loaded {process.name}, not {embedder.name}")
+        except EmbedderProcessError as exc:
+            log.warning("the query model runs in the server's process: its own process failed: %s", exc)
+        else:
+            inner, apply = process, process.set_threads
     threads = TorchThreads.from_settings(settings, apply)
     batching = BatchingEmbedder(
         inner,
@@ -100,11 +107,11 @@ def serving_embedder(settings: Settings, embedder: Embedder) -> tuple[Embedder, 
     )
     if not isinstance(inner, ProcessEmbedder):
         return batching, batching.close
-    process = inner
+    model_process = inner
 
     def close() -> None:
         batching.close()
-        process.close()
+        model_process.close()
 
     return batching, close
 

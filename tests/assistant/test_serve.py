@@ -318,3 +318,26 @@ def test_the_startup_heap_is_frozen_out_of_later_garbage_collections() -> None:
         [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120, check=True
     )
     assert done.stdout.split() == ["0", "True", "True", "True"]
+
+
+def test_a_model_process_that_cannot_start_leaves_the_model_in_the_server(
+    tmp_path: Path, embedder: Any, caplog: Any
+) -> None:
+    from index.embed import SentenceTransformerEmbedder
+
+    # The same model through links that vanish once it is loaded: the child finds nothing to load.
+    model = Path(embedder.init_args[0][0])
+    linked = tmp_path / "model"
+    shutil.copytree(model, linked, copy_function=os.symlink)
+    here = SentenceTransformerEmbedder(linked)
+    shutil.rmtree(linked)
+    with caplog.at_level("WARNING", logger="assistant.api.app"):
+        served, close = serving_embedder(Settings(home=tmp_path), here)
+    assert close is not None
+    try:
+        assert served.inner is here  # type: ignore[attr-defined]
+        assert served.embed_queries(["料金プランを変更したい"]).shape == (1, 384)
+    finally:
+        close()
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("runs in the server's process: its own process failed" in w for w in warned), warned

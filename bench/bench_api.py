@@ -10,6 +10,10 @@ What it measures, on the demo knowledge base (extractive answers, SQLite, one uv
   measured again just before and after each higher load), with the cross-request query batcher
   (``api.query_batch_size``, default 64) and, for comparison, without it (0).
 
+The server runs with its defaults: the batched query model in a process of its own
+(``api.model_process``); the environment passes through, so ``MADOGUCHI_API__MODEL_PROCESS=false``
+measures it in the server's process.
+
     .venv/bin/python -m bench.bench_api [--turns 200] [--concurrency 1,16,64] [--rounds 5] [--no-unbatched]
         [--client lean|httpx]
 

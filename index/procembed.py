@@ -21,9 +21,9 @@ and environment. POSIX only (it inherits a file descriptor).
 the one caller that matters.
 
 Errors: ``EmbedderProcessError`` when the child cannot start (its error is in the message), when an
-embedding fails in the child (its exception's type and text), or when the child died (its exit code).
-After a death the next call starts a new child, so one crash costs the batch it was embedding, not
-the server.
+embedding fails in the child (its exception's type and text), when the child died (its exit code) or
+did not answer within ``request_timeout`` (then it is stopped). After a death or a hang the next call
+starts a new child, so one crash costs the batch it was embedding, not the server.
 """
 
 from __future__ import annotations
@@ -45,6 +45,9 @@ from index.embed import Embedder
 
 log = logging.getLogger(__name__)
 START_TIMEOUT = 600.0  # seconds: loading may convert the default model on first use
+# Seconds one request may take before the child is taken for hung, stopped and replaced: a batch of
+# 64 short queries takes ~0.2 s here, a bulk of documents a few seconds per thousand.
+REQUEST_TIMEOUT = 300.0
 
 
 class EmbedderProcessError(RuntimeError):
@@ -93,10 +96,11 @@ class ProcessEmbedder:
 
     def __init__(
         self, factory: Callable[..., Embedder], *args: Any, start_timeout: float = START_TIMEOUT,
-        **kwargs: Any,
+        request_timeout: float = REQUEST_TIMEOUT, **kwargs: Any,
     ) -> None:
         self._target = (factory, args, kwargs)
         self._start_timeout = start_timeout
+        self._request_timeout = request_timeout
         self._lock = threading.Lock()
         self._threads: int | None = None
         self._process: subprocess.Popen[bytes] | None = None
@@ -146,6 +150,12 @@ class ProcessEmbedder:
             assert self._conn is not None
             try:
                 self._conn.send((kind, list(texts), self._threads))
+                if not self._conn.poll(self._request_timeout):
+                    self._stop(wait=0)
+                    raise EmbedderProcessError(
+                        f"the embedding process did not answer in {self._request_timeout:g} s; it was "
+                        "stopped and the next call starts a new one"
+                    )
                 status, payload = self._conn.recv()
             except (EOFError, OSError) as exc:
                 code = self._reap()
@@ -191,8 +201,8 @@ class ProcessEmbedder:
         log.info("embedding process %d serving %s", process.pid, message[1])
         return str(message[1]), int(message[2])
 
-    def _reap(self) -> int | None:
-        """Forget a dead (or dying) child; its exit code."""
+    def _reap(self, wait: float = 5) -> int | None:
+        """Forget a dead (or dying) child, killing it after ``wait`` seconds; its exit code."""
         process, self._process = self._process, None
         if self._conn is not None:
             self._conn.close()
@@ -200,16 +210,16 @@ class ProcessEmbedder:
         if process is None:
             return None
         try:
-            return process.wait(5)
+            return process.wait(wait)
         except subprocess.TimeoutExpired:
             process.kill()
             return process.wait(5)
 
-    def _stop(self) -> None:
+    def _stop(self, wait: float = 5) -> None:
         if self._conn is not None:
             with contextlib.suppress(BrokenPipeError, OSError):
                 self._conn.send(None)
-        self._reap()
+        self._reap(wait)
 
 
 def _main(argv: list[str]) -> None:

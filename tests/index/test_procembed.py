@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ QUESTIONS = ["料金プランを変更したい", "How do I reset my password?",
 
 
 class _Picky:
-    """An embedder for the protocol's error paths (built in the child): refuses the text "boom"."""
+    """An embedder for the protocol's error paths (built in the child): refuses "boom", hangs on "hang"."""
 
     def __init__(self, dim: int) -> None:
         self.name, self.dim = f"picky-{dim}", dim
@@ -29,6 +30,8 @@ class _Picky:
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
         if "boom" in texts:
             raise ValueError("cannot embed 'boom'")
+        if "hang" in texts:
+            time.sleep(60)
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         out[:, 0] = 1.0
         return out
@@ -94,6 +97,21 @@ def test_a_child_that_dies_fails_its_request_and_the_next_call_starts_a_new_one(
     assert picky.pid is None
     with pytest.raises(EmbedderProcessError, match="was closed"):
         picky.embed_queries(["ok"])
+
+
+def test_a_child_that_does_not_answer_in_time_is_stopped_and_replaced() -> None:
+    picky = ProcessEmbedder(_Picky, 4, request_timeout=1.0)
+    try:
+        first = picky.pid
+        start = time.monotonic()
+        with pytest.raises(EmbedderProcessError, match=r"did not answer in 1 s; it was stopped"):
+            picky.embed_queries(["hang"])
+        assert time.monotonic() - start < 20  # not the minute the child would have slept
+        assert picky.pid is None
+        assert picky.embed_queries(["ok"]).shape == (1, 4)
+        assert picky.pid not in (None, first)
+    finally:
+        picky.close()
 
 
 def test_a_model_that_cannot_load_is_reported_with_the_child_s_error(tmp_path: Path) -> None:

@@ -283,6 +283,28 @@ class SentenceTransformerEmbedder:
             features["token_type_ids"] = torch.zeros_like(input_ids)
         return self._pooled(features)
 
+    def warm_up(self, max_tokens: int = 64, threads: Sequence[int] = ()) -> int:
+        """Run one query of each length up to ``max_tokens`` tokens, on each torch thread count given.
+
+        A cold model is slow: the first forward passes on a thread count start its thread pool, and the
+        first of each input shape prepares its kernels. Afterwards the calling thread keeps the count
+        it had. Returns how many forward passes ran.
+        """
+        import torch
+
+        before = torch.get_num_threads()
+        token = self._tokenizer("a", add_special_tokens=False)["input_ids"][:1] or [self._pad_id]
+        passes = 0
+        try:
+            for count in threads or (before,):
+                torch.set_num_threads(count)
+                for n in range(1, min(max_tokens, self.window) + 1):
+                    self._forward([token * n])
+                    passes += 1
+        finally:
+            torch.set_num_threads(before)
+        return passes
+
     def _pooled(self, features: dict[str, Any]) -> np.ndarray:
         import torch
 

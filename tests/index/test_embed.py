@@ -12,11 +12,12 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
 
+from index.batching import in_passing_thread
 from index.e5convert import (
     CONVERTER_VERSION,
     MARKER_FILE,
@@ -484,3 +485,18 @@ def test_tiny_model_prefixes_and_name(tiny_model: Path, tmp_path: Path) -> None:
 
     retrained = build_tiny_model(tmp_path, seed=1)  # same directory name, different weights
     assert SentenceTransformerEmbedder(retrained).name != plain.name
+
+
+def test_warm_up_runs_each_short_length_on_each_thread_count_and_keeps_the_callers(embedder: Any) -> None:
+    import torch
+
+    def run() -> tuple[int, int, list[float]]:
+        torch.set_num_threads(1)
+        question = ["料金プランを変更したい"]
+        before = embedder.embed_queries(question)
+        passes = embedder.warm_up(max_tokens=5, threads=[2, 1])
+        return passes, torch.get_num_threads(), float((embedder.embed_queries(question) * before).sum())
+
+    passes, threads, same = in_passing_thread(run)  # torch threads belong to the calling thread
+    assert (passes, threads) == (10, 1)
+    assert abs(same - 1.0) < 1e-3  # warming changes nothing the model computes

@@ -182,11 +182,16 @@ class ProcessEmbedder:
 
     def _start(self) -> tuple[str, int]:
         ours, theirs = socket.socketpair()
-        process = subprocess.Popen(
-            [sys.executable, "-m", "index.procembed", str(theirs.fileno())],
-            pass_fds=(theirs.fileno(),),
-            stdin=subprocess.DEVNULL,
-        )
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "index.procembed", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+            )
+        except OSError as exc:
+            ours.close()
+            theirs.close()
+            raise EmbedderProcessError(f"the embedding process could not be started: {exc}") from exc
         theirs.close()  # only the child holds its end: its death shows here as end of file
         parent = Connection(ours.detach())
         self._process, self._conn = process, parent

@@ -61,10 +61,7 @@ class EmbedderProcessError(RuntimeError):
 
 def _serve(conn: Connection, factory: Callable[..., Embedder], args: tuple[Any, ...],
            kwargs: dict[str, Any]) -> None:
-    """The child: build the embedder, then embed what arrives until the pipe closes or says stop."""
-    # Ctrl-C reaches the whole process group: the server shuts down and closes the pipe, which ends
-    # this loop; the child does not die mid-request on its own.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """The child: build the embedder, then embed what arrives until the socket closes or says stop."""
     try:
         embedder = factory(*args, **kwargs)
     except BaseException as exc:  # noqa: BLE001 -- reported to the parent, which raises it
@@ -240,7 +237,9 @@ class ProcessEmbedder:
 
 def _main(argv: list[str]) -> None:
     """``python -m index.procembed FD``: serve on the inherited socket ``FD`` (``ProcessEmbedder``)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # see _serve
+    # Ctrl-C reaches the whole process group: the server shuts down and closes the socket, which ends
+    # the child's loop; the child does not die mid-request on its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     conn = Connection(int(argv[1]))
     try:
         sys.path[:] = conn.recv()

@@ -17,7 +17,7 @@ import sys
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -38,7 +38,10 @@ from assistant.keys import bootstrap_keys
 from assistant.reload import IndexReloader, LiveResponder, LoadedIndex
 from assistant.settings import Settings
 from index.batching import in_passing_thread
-from index.embed import Embedder
+from index.embed import Embedder, SentenceTransformerEmbedder
+
+if TYPE_CHECKING:
+    from index.procembed import ProcessEmbedder
 
 log = logging.getLogger(__name__)
 
@@ -79,41 +82,47 @@ def serving_embedder(settings: Settings, embedder: Embedder) -> tuple[Embedder, 
     Returns it and what stops the batcher's worker thread and the model's process (None without).
     """
     from index.batching import BatchingEmbedder
-    from index.embed import SentenceTransformerEmbedder
-    from index.procembed import EmbedderProcessError, ProcessEmbedder
 
     if settings.api.query_batch_size == 0:
         return embedder, None
-    inner: Embedder = embedder
-    apply: Callable[[int], None] | None = None
+    process = None
     own_process = settings.api.model_process and os.name == "posix"
     if own_process and isinstance(embedder, SentenceTransformerEmbedder):
-        args, kwargs = embedder.init_args
-        try:
-            process = ProcessEmbedder(SentenceTransformerEmbedder, *args, **kwargs)
-            if process.name != embedder.name:
-                process.close()
-                raise EmbedderProcessError(f"it loaded {process.name}, not {embedder.name}")
-        except EmbedderProcessError as exc:
-            log.warning("the query model runs in the server's process: its own process failed: %s", exc)
-        else:
-            inner, apply = process, process.set_threads
-    threads = TorchThreads.from_settings(settings, apply)
+        process = _model_process(embedder)
+    threads = TorchThreads.from_settings(settings, process.set_threads if process is not None else None)
     batching = BatchingEmbedder(
-        inner,
+        process or embedder,
         max_batch=settings.api.query_batch_size,
         before_batch=threads.before_batch,
         after_batch=threads.after_batch,
     )
-    if not isinstance(inner, ProcessEmbedder):
+    if process is None:
         return batching, batching.close
-    model_process = inner
+    model_process = process
 
     def close() -> None:
         batching.close()
         model_process.close()
 
     return batching, close
+
+
+def _model_process(embedder: SentenceTransformerEmbedder) -> ProcessEmbedder | None:
+    """The same model in a process of its own, or None (with a warning) if that cannot start."""
+    from index.procembed import EmbedderProcessError, ProcessEmbedder
+
+    args, kwargs = embedder.init_args
+    try:
+        process = ProcessEmbedder(SentenceTransformerEmbedder, *args, **kwargs)
+    except EmbedderProcessError as exc:
+        log.warning("the query model runs in the server's process: its own process failed: %s", exc)
+        return None
+    if process.name != embedder.name:
+        process.close()
+        log.warning("the query model runs in the server's process: its own process loaded %s, not %s",
+                    process.name, embedder.name)
+        return None
+    return process
 
 
 class TorchThreads:
@@ -178,16 +187,15 @@ class TorchThreads:
 
     def before_batch(self, size: int) -> None:
         """Set the calling thread's torch threads for a batch of ``size`` queries."""
+        torch = sys.modules.get("torch")
+        if torch is None and self._apply is None:
+            return
+        wanted = self._lone_threads() if size == 1 else self.crowd
         if self._apply is not None:
-            wanted = self._lone_threads() if size == 1 else self.crowd
             if wanted != self._applied:
                 self._apply(wanted)
                 self._applied = wanted
             return
-        torch = sys.modules.get("torch")
-        if torch is None:
-            return
-        wanted = self._lone_threads() if size == 1 else self.crowd
         if torch.get_num_threads() != wanted:
             torch.set_num_threads(wanted)
 

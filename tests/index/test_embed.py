@@ -490,7 +490,7 @@ def test_tiny_model_prefixes_and_name(tiny_model: Path, tmp_path: Path) -> None:
 def test_warm_up_runs_each_short_length_on_each_thread_count_and_keeps_the_callers(embedder: Any) -> None:
     import torch
 
-    def run() -> tuple[int, int, list[float]]:
+    def run() -> tuple[int, int, float]:
         torch.set_num_threads(1)
         question = ["料金プランを変更したい"]
         before = embedder.embed_queries(question)

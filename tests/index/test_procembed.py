@@ -39,6 +39,19 @@ class _Picky:
     embed_documents = embed_queries
 
 
+class _Threads:
+    """An embedder (built in the child) whose vectors are the torch thread count it ran on."""
+
+    name, dim = "threads", 1
+
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
+        import torch
+
+        return np.full((len(texts), 1), torch.get_num_threads(), dtype=np.float32)
+
+    embed_documents = embed_queries
+
+
 def _refuse_to_load(path: str) -> Any:
     raise FileNotFoundError(f"no model at {path}")
 
@@ -66,6 +79,18 @@ def test_the_child_embeds_exactly_what_the_model_embeds_in_process(embedder: Any
         in_child.embed_queries("料金")
     with pytest.raises(ValueError, match="threads must be >= 1"):
         in_child.set_threads(0)
+
+
+def test_set_threads_reaches_the_child_s_torch() -> None:
+    reporter = ProcessEmbedder(_Threads)
+    try:
+        counts = []
+        for threads in (2, 1, 2):
+            reporter.set_threads(threads)
+            counts.append(int(reporter.embed_queries(["a"])[0, 0]))
+        assert counts == [2, 1, 2]
+    finally:
+        reporter.close()
 
 
 def test_a_failed_request_raises_its_error_and_the_child_keeps_serving() -> None:

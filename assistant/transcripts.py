@@ -14,14 +14,15 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from assistant.answer import Citation
 from assistant.desk import on_shift_since, waiting_count
+from assistant.events import mark_changed
 from assistant.keys import KeyInfo
 from assistant.models import Conversation, Customer, Escalation, Feedback, Message, Operator, Rating, utcnow
 
@@ -107,6 +108,29 @@ def open_conversation(session: Session, key: KeyInfo, new: NewConversation) -> C
     return conversation
 
 
+@dataclass(frozen=True)
+class ConversationState:
+    """The columns of a conversation that a customer turn reads (``conversation_state``)."""
+
+    id: uuid.UUID
+    status: str
+    customer_id: int | None
+    locale: str
+    assigned_operator_id: int | None
+
+
+def conversation_state(session: Session, conversation_id: uuid.UUID, key: KeyInfo) -> ConversationState:
+    """What a turn reads of the conversation, if this key may see it (as ``find_conversation``).
+
+    One Core SELECT of five columns: loading the ``Conversation`` (and its customer) through the ORM
+    costs a customer turn more Python than the rest of storing its message.
+    """
+    row = session.execute(_CONVERSATION_STATE, {"conversation_id": conversation_id}).one_or_none()
+    if row is None or (key.role == "customer" and row.api_key_id != key.id):
+        raise ConversationNotFoundError(f"no conversation {conversation_id}")
+    return ConversationState(row.id, row.status, row.customer_id, row.locale, row.assigned_operator_id)
+
+
 def find_conversation(session: Session, conversation_id: uuid.UUID, key: KeyInfo) -> Conversation:
     """The conversation, if this key may see it: customer keys see only the ones they created."""
     conversation = session.get(Conversation, conversation_id)
@@ -117,7 +141,7 @@ def find_conversation(session: Session, conversation_id: uuid.UUID, key: KeyInfo
 
 # The statements of every customer turn, built once: building a SQLAlchemy statement costs more
 # Python than running it on SQLite (its parameters are bound per call).
-_conversations = Conversation.__table__
+_conversations = cast(Table, Conversation.__table__)
 # One UPDATE both numbers the message and refuses a closed conversation; on PostgreSQL its row lock
 # serializes concurrent messages of one conversation until commit. A Core statement on the table:
 # the session's identity map is not synchronized (nothing in it reads ``last_seq``).
@@ -151,8 +175,37 @@ _TURN_COUNTS = select(
 )
 
 
+# A reply of the bot's that hands nothing over, to a conversation the bot still serves: the same
+# numbering, refused also once a person owns the conversation, and telling its status. Used by
+# ``add_served_reply``, which then needs neither the conversation loaded nor the ORM's flush.
+_NEXT_SERVED_SEQ = (
+    update(_conversations)
+    .where(
+        _conversations.c.id == bindparam("conversation_id"),
+        _conversations.c.status != "closed",
+        _conversations.c.assigned_operator_id.is_(None),
+    )
+    .values(
+        last_seq=_conversations.c.last_seq + 1,
+        updated_at=bindparam("now", type_=_conversations.c.updated_at.type),
+    )
+    .returning(_conversations.c.last_seq, _conversations.c.status)
+)
+_CONVERSATION_STATE = select(
+    _conversations.c.id,
+    _conversations.c.api_key_id,
+    _conversations.c.status,
+    _conversations.c.customer_id,
+    _conversations.c.locale,
+    _conversations.c.assigned_operator_id,
+).where(_conversations.c.id == bindparam("conversation_id"))
+_messages = cast(Table, Message.__table__)
+_INSERT_MESSAGE = insert(_messages).returning(_messages.c.id)
+
+
 def _next_seq(session: Session, conversation_id: uuid.UUID, now: datetime) -> int:
-    seq = session.execute(_NEXT_SEQ, {"conversation_id": conversation_id, "now": now}).scalar_one_or_none()
+    params = {"conversation_id": conversation_id, "now": now}
+    seq: int | None = session.execute(_NEXT_SEQ, params).scalar_one_or_none()
     if seq is None:
         raise ConversationClosedError(f"conversation {conversation_id} is closed")
     return seq
@@ -174,6 +227,25 @@ def add_message(
     session.add(message)
     session.flush()
     return message
+
+
+def append_message(session: Session, conversation_id: uuid.UUID, role: str, text: str) -> Message:
+    """``add_message`` in two Core statements, for a customer turn's hot path.
+
+    The message is inserted without the ORM's unit of work (its flush costs more Python than SQLite
+    takes to run both statements) and announced to live streams (``assistant.events``) as a flushed
+    one would be. The ``Message`` returned is not in the session: read it, do not change it.
+    """
+    now = utcnow()
+    values = {"conversation_id": conversation_id, "seq": _next_seq(session, conversation_id, now),
+              "role": role, "text": text, "created_at": now}
+    return _insert_message(session, values)
+
+
+def _insert_message(session: Session, values: dict[str, Any]) -> Message:
+    message_id: int = session.execute(_INSERT_MESSAGE, values).scalar_one()
+    mark_changed(session, values["conversation_id"])
+    return Message(id=message_id, **values)
 
 
 def citation_record(citation: Citation) -> dict[str, Any]:
@@ -235,6 +307,39 @@ def add_bot_reply(
     return message
 
 
+def add_served_reply(
+    session: Session, conversation_id: uuid.UUID, reply_to_id: int, reply: BotReply
+) -> tuple[Message, str] | None:
+    """Store a reply that hands nothing over (an answer, a clarifying question) in two Core statements.
+
+    Returns the stored message (not in the session) and the conversation's status, or None without
+    writing anything when the conversation is closed or a person owns it: the caller decides what
+    then (``add_bot_reply`` says which). Raises ``ValueError`` for a hand-off, which needs
+    ``add_bot_reply`` (it queues the conversation).
+    """
+    if reply.decision in HANDOFF_DECISIONS:
+        raise ValueError(f"a {reply.decision!r} reply hands over: store it with add_bot_reply")
+    now = utcnow()
+    row = session.execute(_NEXT_SERVED_SEQ, {"conversation_id": conversation_id, "now": now}).one_or_none()
+    if row is None:
+        return None
+    values = {
+        "conversation_id": conversation_id,
+        "seq": row.last_seq,
+        "role": "bot",
+        "text": reply.text,
+        "created_at": now,
+        "reply_to_id": reply_to_id,
+        "decision": reply.decision,
+        "confidence": reply.confidence,
+        "reasons": list(reply.reasons),
+        "citations": [citation_record(c) for c in reply.citations],
+        "search_query": reply.search_query,
+        "retrieved": list(reply.retrieved),
+    }
+    return _insert_message(session, values), row.status
+
+
 def priority_of(customer: Customer | None) -> int:
     """A hand-off's queue priority: VIP members first."""
     return VIP_PRIORITY if customer is not None and customer.vip else 0
@@ -256,7 +361,7 @@ def record_queued_handoff(session: Session, conversation: Conversation, reply: B
 
 def turn_context(
     session: Session,
-    conversation: Conversation,
+    conversation: Conversation | ConversationState,
     message: Message,
     limit: int,
     *,

@@ -41,9 +41,11 @@ from assistant.transcripts import (
     BotReply,
     ConversationClosedError,
     ConversationNotFoundError,
+    ConversationState,
     add_bot_reply,
-    add_message,
-    find_conversation,
+    add_served_reply,
+    append_message,
+    conversation_state,
     record_queued_handoff,
     turn_context,
 )
@@ -61,9 +63,9 @@ class StoredMessage:
     record_id: int | None  # the idempotency record to complete, if the request had a key
 
 
-def _visible(session: Session, conversation_id: uuid.UUID, key: KeyInfo) -> Conversation:
+def _visible(session: Session, conversation_id: uuid.UUID, key: KeyInfo) -> ConversationState:
     try:
-        return find_conversation(session, conversation_id, key)
+        return conversation_state(session, conversation_id, key)
     except ConversationNotFoundError as exc:
         raise NotFoundError(str(exc), code="conversation_not_found") from exc
 
@@ -109,7 +111,7 @@ def receive_message(
             message = session.get_one(Message, resumed)
         else:
             try:
-                message = add_message(session, conversation.id, "customer", text)
+                message = append_message(session, conversation.id, "customer", text)
             except ConversationClosedError as exc:
                 raise ConflictError(str(exc), code="conversation_closed") from exc
             if record_id is not None:
@@ -124,7 +126,7 @@ def _prepare_in(
     session: Session,
     services: Services,
     stored: StoredMessage,
-    conversation: Conversation,
+    conversation: ConversationState,
     message: Message,
     *,
     check_answered: bool,
@@ -133,7 +135,7 @@ def _prepare_in(
     answered = _stored_reply(session, message) if check_answered else None
     if answered is not None or conversation.assigned_operator_id is not None:
         # Answered already, or a person owns the conversation: the bot stays silent.
-        return _finish(session, stored, conversation, message, answered)
+        return _finish(session, stored, conversation.status, message, answered)
     now = services.clock()
     context = turn_context(session, conversation, message, settings.api.history_messages,
                            now=now, presence=timedelta(seconds=settings.operators.presence_seconds))
@@ -164,13 +166,13 @@ def _stored_reply(session: Session, message: Message) -> Message | None:
 def _finish(
     session: Session,
     stored: StoredMessage,
-    conversation: Conversation,
+    status: str,
     message: Message,
     reply: Message | None,
 ) -> TurnOut:
     out = TurnOut(
-        conversation_id=conversation.id,
-        status=conversation.status,  # type: ignore[arg-type]
+        conversation_id=stored.conversation_id,
+        status=status,  # type: ignore[arg-type]
         message=MessageOut.of(message),
         reply=MessageOut.of(reply) if reply is not None else None,
     )
@@ -180,7 +182,12 @@ def _finish(
 
 
 def store_reply(services: Services, prepared: PreparedTurn, reply: Reply) -> TurnOut:
-    """Commit the bot's reply (and any hand-off) and the idempotency record's response together."""
+    """Commit the bot's reply (and any hand-off) and the idempotency record's response together.
+
+    An answer or a clarifying question to a conversation the bot still serves (the common turn) is
+    stored without loading the conversation (``add_served_reply``); a hand-off, a closed conversation
+    or one a person took meanwhile goes through the conversation as loaded.
+    """
     stored = prepared.stored
     bot = BotReply(
         text=reply.text,
@@ -192,8 +199,12 @@ def store_reply(services: Services, prepared: PreparedTurn, reply: Reply) -> Tur
         retrieved=reply.retrieved,
     )
     with services.database.session() as session:
-        conversation = session.get_one(Conversation, stored.conversation_id)
         message = prepared.message or session.get_one(Message, stored.message_id)
+        if bot.decision not in HANDOFF_DECISIONS:
+            served = add_served_reply(session, stored.conversation_id, message.id, bot)
+            if served is not None:
+                return _finish(session, stored, served[1], message, served[0])
+        conversation = session.get_one(Conversation, stored.conversation_id)
         bot_message: Message | None = None
         if conversation.assigned_operator_id is not None:
             pass  # a person claimed the conversation while the bot was answering: it stays silent
@@ -205,7 +216,7 @@ def store_reply(services: Services, prepared: PreparedTurn, reply: Reply) -> Tur
             except ConversationClosedError:
                 # Closed while we were answering: the customer left, the answer is not needed.
                 bot_message = None
-        return _finish(session, stored, conversation, message, bot_message)
+        return _finish(session, stored, conversation.status, message, bot_message)
 
 
 def fallback_reply(services: Services, prepared: PreparedTurn) -> Reply:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import uuid
@@ -17,8 +18,9 @@ from sqlalchemy import func, inspect, select, text
 
 from assistant.answer import Citation
 from assistant.db import Database, DatabaseURLError, alembic_config, current_revision, normalize_url, upgrade
+from assistant.events import EventHub
 from assistant.keys import KeyInfo, issue_key
-from assistant.models import Base, Conversation, Escalation, Message
+from assistant.models import Base, Conversation, Escalation, Message, Operator
 from assistant.settings import Settings
 from assistant.transcripts import (
     BotReply,
@@ -29,7 +31,10 @@ from assistant.transcripts import (
     NotRateableError,
     add_bot_reply,
     add_message,
+    add_served_reply,
+    append_message,
     close_conversation,
+    conversation_state,
     find_conversation,
     messages_of,
     open_conversation,
@@ -206,6 +211,86 @@ def test_an_answer_keeps_the_conversation_open(database: Database) -> None:
         assert session.scalar(select(func.count()).select_from(Escalation)) == 0
 
 
+def _stored_columns(message: Message) -> dict[str, object]:
+    columns = ("seq", "role", "text", "reply_to_id", "decision", "confidence", "reasons", "citations",
+               "search_query", "retrieved", "operator_id")
+    return {name: getattr(message, name) for name in columns}
+
+
+def test_the_turns_core_statements_store_what_the_orm_path_stores(database: Database) -> None:
+    key = _key(database)
+    orm, core = _conversation(database, key), _conversation(database, key)
+    citation = Citation(number=1, title="営業時間", url="https://x.example/hours", chunk_id="faq-9#0",
+                        source_id="faq-9")
+    reply = BotReply("9時から18時です。[1]", "answer", 0.97, ("confident",), (citation,), "営業時間は？",
+                     ("faq-9", "faq-2"))
+    with database.session() as session:
+        question = add_message(session, orm, "customer", "営業時間は？")
+        add_bot_reply(session, session.get_one(Conversation, orm), question, reply)
+    with database.session() as session:
+        asked = append_message(session, core, "customer", "営業時間は？")
+        served = add_served_reply(session, core, asked.id, reply)
+    assert served is not None and served[1] == "open"
+    returned = [_stored_columns(asked), _stored_columns(served[0])]
+    with database.session() as session:
+        by_orm = [_stored_columns(m) for m in messages_of(session, orm)]
+        by_core = [_stored_columns(m) for m in messages_of(session, core)]
+        ids = [m.id for m in messages_of(session, core)]
+        conversation = session.get_one(Conversation, core)
+        assert conversation.last_seq == 2 and conversation.status == "open"
+    assert returned == by_core  # what the turn answers with is what was stored
+    assert [asked.id, served[0].id] == ids and served[0].reply_to_id == asked.id
+    by_core[1]["reply_to_id"] = by_orm[1]["reply_to_id"]  # the two questions' ids differ
+    assert by_core == by_orm
+
+
+def test_a_served_reply_is_refused_when_closed_claimed_or_a_handoff(database: Database) -> None:
+    key, operator_key = _key(database), _key(database, "operator")
+    closed, claimed = _conversation(database, key), _conversation(database, key)
+    answer = BotReply("a", "answer", 0.9, ())
+    with database.session() as session:
+        asked = {cid: append_message(session, cid, "customer", "q") for cid in (closed, claimed)}
+        close_conversation(session, session.get_one(Conversation, closed))
+        operator = Operator(api_key_id=operator_key.id, name="佐藤")
+        session.add(operator)
+        session.flush()
+        session.get_one(Conversation, claimed).assigned_operator_id = operator.id
+    with database.session() as session:
+        assert add_served_reply(session, closed, asked[closed].id, answer) is None
+        assert add_served_reply(session, claimed, asked[claimed].id, answer) is None
+        with pytest.raises(ValueError, match="add_bot_reply"):
+            add_served_reply(session, claimed, asked[claimed].id, BotReply("x", "escalate", 0.1, ()))
+    with database.session() as session:
+        for cid in (closed, claimed):  # nothing written, no number spent
+            assert [m.seq for m in messages_of(session, cid)] == [1]
+            assert session.get_one(Conversation, cid).last_seq == 1
+
+
+def test_messages_stored_by_core_statements_wake_live_streams(database: Database) -> None:
+    key = _key(database)
+    cid = _conversation(database, key)
+    hub = EventHub()
+    hub.start(database)
+
+    def write() -> None:
+        with database.session() as session:
+            asked = append_message(session, cid, "customer", "q")
+            add_served_reply(session, cid, asked.id, BotReply("a", "answer", 0.9, ()))
+
+    async def woken() -> bool:
+        subscription = hub.subscribe(str(cid))
+        try:
+            await asyncio.to_thread(write)
+            return await subscription.wait(5)
+        finally:
+            subscription.close()
+
+    try:
+        assert asyncio.run(woken()) is True
+    finally:
+        hub.stop()
+
+
 def test_feedback_is_one_rating_per_bot_reply(database: Database) -> None:
     key = _key(database)
     cid, other = _conversation(database, key), _conversation(database, key)
@@ -252,6 +337,12 @@ def test_customer_keys_see_only_their_own_conversations(database: Database) -> N
             find_conversation(session, cid, theirs)
         with pytest.raises(ConversationNotFoundError):
             find_conversation(session, uuid.uuid4(), operator)
+        assert conversation_state(session, cid, mine).id == cid
+        assert conversation_state(session, cid, operator).status == "open"
+        with pytest.raises(ConversationNotFoundError):
+            conversation_state(session, cid, theirs)
+        with pytest.raises(ConversationNotFoundError):
+            conversation_state(session, uuid.uuid4(), operator)
 
 
 def test_a_member_opening_two_conversations_is_one_customer(database: Database) -> None:

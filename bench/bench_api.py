@@ -9,6 +9,10 @@ What it measures, on the demo knowledge base (extractive answers, SQLite, one uv
 - Throughput at the highest concurrency vs the embedder's batch throughput (it and bare search
   measured again just before and after each higher load), with the cross-request query batcher
   (``api.query_batch_size``, default 64) and, for comparison, without it (0).
+- The CPU budget of each higher load (Linux /proc): CPU time per turn of the server's own process,
+  of its query model's process and of this client, and the throughput the machine's cores allow at
+  that cost. The cores are shared by all three, while the batch-throughput baseline has the model
+  alone on all of them: the server's own CPU per turn is what keeps the two apart.
 
 The server runs with its defaults: the batched query model in a process of its own
 (``api.model_process``); the environment passes through, so ``MADOGUCHI_API__MODEL_PROCESS=false``
@@ -42,7 +46,7 @@ import httpx
 
 from bench.corpus import REPO, percentile
 from bench.lean_http import LeanConnection
-from bench.serve import free_port, issue_key, serve_process
+from bench.serve import Served, free_port, issue_key, process_cpu, serve_process
 
 ADMIN_KEY = "bench-admin-key-0123456789abcdef"
 OFFLINE = {
@@ -71,6 +75,9 @@ class Phase:
     errors: dict[str, int]  # "status: code" -> how many
     # Seconds per turn in each server stage (the reply's Server-Timing header), in stage order.
     stages: dict[str, list[float]] = field(default_factory=dict)
+    # CPU seconds the phase took: the server's own process, its descendants (the query model's
+    # process), this client. None where /proc cannot tell.
+    cpu: tuple[float, float, float] | None = None
 
     @property
     def throughput(self) -> float:
@@ -115,11 +122,24 @@ def build_index(home: Path) -> None:
 
 
 @contextmanager
-def server(home: Path, batch: int) -> Iterator[str]:
+def server(home: Path, batch: int) -> Iterator[Served]:
     """A ``madoguchi serve`` process on the demo index in ``home``, batching on or off."""
     port = free_port()
-    with serve_process(env_for(home, port, batch), home / f"serve-{port}.log", timeout=300) as base:
-        yield base
+    with serve_process(env_for(home, port, batch), home / f"serve-{port}.log", timeout=300) as served:
+        yield served
+
+
+def measured_load(
+    served: Served, key: str, questions: list[str], level: int, turns: int, client: str
+) -> Phase:
+    """``run_phase``, with the CPU that the server, its model's process and this client spent on it."""
+    before, client_before = process_cpu(served.pid), time.process_time()
+    phase = asyncio.run(run_phase(served.base, key, questions, level, turns, client))
+    after, client_cpu = process_cpu(served.pid), time.process_time() - client_before
+    if before is None or after is None:
+        return phase
+    cpu = (after[0] - before[0], after[1] - before[1], client_cpu)
+    return Phase(phase.concurrency, phase.latencies, phase.wall, phase.errors, phase.stages, cpu)
 
 
 CLIENTS = ("lean", "httpx")
@@ -274,6 +294,21 @@ def report(label: str, phase: Phase, search_p50: float, batch_qps: float) -> Non
         parts = ", ".join(f"{name} {ms(v)}" for name, v in medians.items())
         rest = p50 - sum(medians.values())
         print(f"    server stages p50: {parts}; the rest (HTTP, framework, client) ~{ms(rest)}")
+    if phase.cpu is not None:
+        report_cpu(phase, batch_qps)
+
+
+def report_cpu(phase: Phase, batch_qps: float) -> None:
+    """CPU per turn (conversations opened included) and the throughput the cores allow at that cost."""
+    assert phase.cpu is not None
+    cores = os.cpu_count() or 1
+    server, model, client = (seconds / len(phase.latencies) for seconds in phase.cpu)
+    allowed = cores / (server + model + client)
+    print(
+        f"    CPU per turn: server {ms(server)}, query model's process {ms(model)}, "
+        f"this client {ms(client)}; {cores} cores allow {allowed:.0f} turns/s at that cost "
+        f"({allowed / batch_qps:.2f}x batch embedding)"
+    )
 
 
 def main() -> None:
@@ -305,7 +340,8 @@ def main() -> None:
         )
         runs = [("batched", 64)] + ([] if args.no_unbatched else [("unbatched", 0)])
         for label, batch in runs:
-            with server(home, batch) as base:
+            with server(home, batch) as served:
+                base = served.base
                 key = issue_key(base, ADMIN_KEY, "customer", "bench")
                 asyncio.run(run_phase(base, key, questions, 4, 16, args.client))  # warm up
                 for level in levels if label == "batched" else levels[-1:]:
@@ -318,7 +354,7 @@ def main() -> None:
                         sample = questions[: len(questions) // 4]
                         search, before = bare.search(sample), bare.batch_throughput()
                         turns = max(args.turns, 2 * level)
-                        phase = asyncio.run(run_phase(base, key, questions, level, turns, args.client))
+                        phase = measured_load(served, key, questions, level, turns, args.client)
                         search += bare.search(sample)
                         qps = (before + bare.batch_throughput()) / 2
                     report(label, phase, percentile(search, 50), qps)

@@ -283,7 +283,8 @@ def main() -> None:
         envs = [server_env(home / f"r{r}", index_dir, kb, database_url, free_port(), undo) for r in range(2)]
         # The first replica migrates and builds the shared index; the second starts once it is healthy.
         bases = [
-            stack.enter_context(serve_process(env, home / f"serve-{r}.log")) for r, env in enumerate(envs)
+            stack.enter_context(serve_process(env, home / f"serve-{r}.log")).base
+            for r, env in enumerate(envs)
         ]
         asyncio.run(run(bases, args.conversations, args.undo_seconds))
 

@@ -107,7 +107,8 @@ def create_conversation(
         out = ConversationOut.of(open_conversation(session, key, new))
         if record_id is not None:
             idempotency.complete(session, record_id, 201, out.model_dump(mode="json"))
-    return out
+    # Serialized here, as a turn is (``_turn_json``): no second validation, no second thread hop.
+    return Response(out.model_dump_json(), status_code=201, media_type="application/json")
 
 
 @router.post(

@@ -16,7 +16,8 @@ tiny and few (one per committed write), far below what NOTIFY handles.
 
 Writers need not know about any of this: ``EventHub.start`` hooks the database's sessions, so any
 new row of a conversation (message, note, delivery...) or changed ``Conversation`` is announced;
-code that changes conversations with a bulk ``UPDATE`` calls ``mark_changed``.
+code that writes with Core statements (a bulk ``UPDATE``, a customer turn's inserts) calls
+``mark_changed``.
 
 A change to the queue (a conversation enters or leaves it or moves in it: escalated, claimed,
 released, closed while waiting; an operator going on or off shift) changes every waiting customer's

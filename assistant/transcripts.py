@@ -272,23 +272,24 @@ class BotReply:
     retrieved: tuple[str, ...] = ()  # distinct sources of the search hits, best first
 
 
+def _reply_columns(reply: BotReply, reply_to_id: int) -> dict[str, Any]:
+    """A bot reply's columns besides its conversation, number, role, text and time."""
+    return {
+        "reply_to_id": reply_to_id,
+        "decision": reply.decision,
+        "confidence": reply.confidence,
+        "reasons": list(reply.reasons),
+        "citations": [citation_record(c) for c in reply.citations],
+        "search_query": reply.search_query,
+        "retrieved": list(reply.retrieved),
+    }
+
+
 def add_bot_reply(
     session: Session, conversation: Conversation, reply_to: Message, reply: BotReply
 ) -> Message:
     """Store the bot's reply to ``reply_to``; a hand-off also queues an escalation for people."""
-    message = add_message(
-        session,
-        conversation.id,
-        "bot",
-        reply.text,
-        reply_to_id=reply_to.id,
-        decision=reply.decision,
-        confidence=reply.confidence,
-        reasons=list(reply.reasons),
-        citations=[citation_record(c) for c in reply.citations],
-        search_query=reply.search_query,
-        retrieved=list(reply.retrieved),
-    )
+    message = add_message(session, conversation.id, "bot", reply.text, **_reply_columns(reply, reply_to.id))
     if reply.decision in HANDOFF_DECISIONS:
         session.add(
             Escalation(
@@ -312,10 +313,10 @@ def add_served_reply(
 ) -> tuple[Message, str] | None:
     """Store a reply that hands nothing over (an answer, a clarifying question) in two Core statements.
 
-    Returns the stored message (not in the session) and the conversation's status, or None without
-    writing anything when the conversation is closed or a person owns it: the caller decides what
-    then (``add_bot_reply`` says which). Raises ``ValueError`` for a hand-off, which needs
-    ``add_bot_reply`` (it queues the conversation).
+    Returns the stored message (not in the session) and the conversation's status; None, having
+    written nothing, when the conversation is closed or a person owns it (the caller loads it to
+    tell which). Raises ``ValueError`` for a hand-off: ``add_bot_reply`` stores those, as it also
+    queues the conversation for people.
     """
     if reply.decision in HANDOFF_DECISIONS:
         raise ValueError(f"a {reply.decision!r} reply hands over: store it with add_bot_reply")
@@ -323,20 +324,8 @@ def add_served_reply(
     row = session.execute(_NEXT_SERVED_SEQ, {"conversation_id": conversation_id, "now": now}).one_or_none()
     if row is None:
         return None
-    values = {
-        "conversation_id": conversation_id,
-        "seq": row.last_seq,
-        "role": "bot",
-        "text": reply.text,
-        "created_at": now,
-        "reply_to_id": reply_to_id,
-        "decision": reply.decision,
-        "confidence": reply.confidence,
-        "reasons": list(reply.reasons),
-        "citations": [citation_record(c) for c in reply.citations],
-        "search_query": reply.search_query,
-        "retrieved": list(reply.retrieved),
-    }
+    values = {"conversation_id": conversation_id, "seq": row.last_seq, "role": "bot", "text": reply.text,
+              "created_at": now, **_reply_columns(reply, reply_to_id)}
     return _insert_message(session, values), row.status
 
 

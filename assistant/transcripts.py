@@ -126,7 +126,7 @@ def conversation_state(session: Session, conversation_id: uuid.UUID, key: KeyInf
     costs a customer turn more Python than the rest of storing its message.
     """
     row = session.execute(_CONVERSATION_STATE, {"conversation_id": conversation_id}).one_or_none()
-    if row is None or (key.role == "customer" and row.api_key_id != key.id):
+    if row is None or not _may_see(key, row.api_key_id):
         raise ConversationNotFoundError(f"no conversation {conversation_id}")
     return ConversationState(row.id, row.status, row.customer_id, row.locale, row.assigned_operator_id)
 
@@ -134,9 +134,14 @@ def conversation_state(session: Session, conversation_id: uuid.UUID, key: KeyInf
 def find_conversation(session: Session, conversation_id: uuid.UUID, key: KeyInfo) -> Conversation:
     """The conversation, if this key may see it: customer keys see only the ones they created."""
     conversation = session.get(Conversation, conversation_id)
-    if conversation is None or (key.role == "customer" and conversation.api_key_id != key.id):
+    if conversation is None or not _may_see(key, conversation.api_key_id):
         raise ConversationNotFoundError(f"no conversation {conversation_id}")
     return conversation
+
+
+def _may_see(key: KeyInfo, opened_by: int) -> bool:
+    """Customer keys see only the conversations they opened; operator and admin keys see all."""
+    return key.role != "customer" or opened_by == key.id
 
 
 # The statements of every customer turn, built once: building a SQLAlchemy statement costs more
@@ -237,14 +242,19 @@ def append_message(session: Session, conversation_id: uuid.UUID, role: str, text
     one would be. The ``Message`` returned is not in the session: read it, do not change it.
     """
     now = utcnow()
-    values = {"conversation_id": conversation_id, "seq": _next_seq(session, conversation_id, now),
-              "role": role, "text": text, "created_at": now}
-    return _insert_message(session, values)
+    seq = _next_seq(session, conversation_id, now)
+    return _insert_message(session, conversation_id, seq, role, text, now)
 
 
-def _insert_message(session: Session, values: dict[str, Any]) -> Message:
+def _insert_message(
+    session: Session, conversation_id: uuid.UUID, seq: int, role: str, text: str, now: datetime,
+    **fields: Any,
+) -> Message:
+    """The Core INSERT of a numbered message, announced to live streams; the row as a detached ``Message``."""
+    values = {"conversation_id": conversation_id, "seq": seq, "role": role, "text": text, "created_at": now,
+              **fields}
     message_id: int = session.execute(_INSERT_MESSAGE, values).scalar_one()
-    mark_changed(session, values["conversation_id"])
+    mark_changed(session, conversation_id)
     return Message(id=message_id, **values)
 
 
@@ -324,9 +334,9 @@ def add_served_reply(
     row = session.execute(_NEXT_SERVED_SEQ, {"conversation_id": conversation_id, "now": now}).one_or_none()
     if row is None:
         return None
-    values = {"conversation_id": conversation_id, "seq": row.last_seq, "role": "bot", "text": reply.text,
-              "created_at": now, **_reply_columns(reply, reply_to_id)}
-    return _insert_message(session, values), row.status
+    message = _insert_message(session, conversation_id, row.last_seq, "bot", reply.text, now,
+                              **_reply_columns(reply, reply_to_id))
+    return message, row.status
 
 
 def priority_of(customer: Customer | None) -> int:

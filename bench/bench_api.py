@@ -39,7 +39,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import httpx
@@ -138,8 +138,7 @@ def measured_load(
     after, client_cpu = process_cpu(served.pid), time.process_time() - client_before
     if before is None or after is None:
         return phase
-    cpu = (after[0] - before[0], after[1] - before[1], client_cpu)
-    return Phase(phase.concurrency, phase.latencies, phase.wall, phase.errors, phase.stages, cpu)
+    return replace(phase, cpu=(after[0] - before[0], after[1] - before[1], client_cpu))
 
 
 CLIENTS = ("lean", "httpx")
@@ -304,8 +303,10 @@ def report_cpu(phase: Phase, batch_qps: float) -> None:
     cores = os.cpu_count() or 1
     server, model, client = (seconds / len(phase.latencies) for seconds in phase.cpu)
     allowed = cores / (server + model + client)
+    # Without batching (or with api.model_process off) the model runs in the server's own process.
+    model_part = f"query model's process {ms(model)}" if model > 0 else "the model inside the server"
     print(
-        f"    CPU per turn: server {ms(server)}, query model's process {ms(model)}, "
+        f"    CPU per turn: server {ms(server)}, {model_part}, "
         f"this client {ms(client)}; {cores} cores allow {allowed:.0f} turns/s at that cost "
         f"({allowed / batch_qps:.2f}x batch embedding)"
     )
